@@ -1,0 +1,196 @@
+"""The one interface the rest of SeatSync uses to talk to a PSA.
+
+Every PSA difference lives behind this interface, in exactly one client module. Clients know nothing
+about the database: they take credentials and return plain dataclasses. Errors are a small set of
+typed exceptions that carry the PSA's message, the HTTP status and a hint an admin can act on.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+# --------------------------------------------------------------------------------------------------
+# Values that cross the interface
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PsaItem:
+    """A PSA record shown in a picker: a product/service, a company, a company type or status."""
+
+    id: str
+    name: str
+    detail: str = ""  # secondary text for the picker, e.g. identifier, type, status
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """A ConnectWise agreement / Autotask Recurring Service contract / Kaseya BMS contract."""
+
+    id: str
+    name: str
+    company_id: str
+    detail: str = ""  # e.g. agreement type, start/end dates
+
+
+@dataclass(frozen=True)
+class Line:
+    """The PSA record that carries a quantity on an agreement for one PSA product/service.
+
+    `line_id` identifies the record to update (CW addition id, Autotask contract service id, BMS
+    contract service id). `quantity` is what the PSA bills now (for Autotask: the units of the
+    ContractServiceUnits period that contains the billed date).
+    """
+
+    agreement_id: str
+    product_id: str
+    line_id: str
+    quantity: float
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one write did, for the per-line record (before / target / after / action / response)."""
+
+    line: Line  # the line after the write, with the quantity the PSA now holds
+    action: str  # "updated" | "created" | "replaced" (keep-history) | "adjusted" (delta posted)
+    response: str = ""  # short, secret-free summary of the PSA's answer (ids, status)
+
+
+@dataclass
+class WriteOptions:
+    """Integration options that change how a quantity is written."""
+
+    effective_date: dt.date  # first day of the billed month (new lines) / change date (history)
+    keep_history: bool = False  # ConnectWise: cancel the current addition and post a new one
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+class PsaError(Exception):
+    """A PSA request failed. `str(error)` is safe to show and to log: it never holds a secret."""
+
+    default_hint: ClassVar[str] = "Check the integration's settings and try again."
+
+    def __init__(self, message: str, *, status: int | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.psa_message = message
+        self.status = status
+        self.hint = hint or self.default_hint
+
+    def __repr__(self) -> str:  # keeps secrets out of reprs by construction: only safe fields
+        return f"{type(self).__name__}(status={self.status!r}, message={self.psa_message!r})"
+
+
+class CredentialsRejected(PsaError):
+    default_hint = "The PSA rejected the API credentials: re-enter them and click Authenticate."
+
+
+class PermissionDenied(PsaError):
+    default_hint = "The API user's security role lacks a permission this action needs."
+
+
+class NotFound(PsaError):
+    default_hint = "The record no longer exists in the PSA: edit the mapping."
+
+
+class ValidationFailed(PsaError):
+    default_hint = "The PSA refused the data it was sent; its message says which field."
+
+
+class TransientError(PsaError):
+    """Connection errors, timeouts and 5xx that outlasted the retries."""
+
+    default_hint = "The PSA did not answer in time; the next sync will try again."
+
+
+class RateLimited(TransientError):
+    """429, or an Autotask thread-limit error, that outlasted the retries."""
+
+    default_hint = "The PSA's request limit was reached; the next sync will continue."
+
+
+class HostRefused(PsaError):
+    """The host is not a public HTTPS host (and not listed in PSA_DEV_HOSTS)."""
+
+    default_hint = "Enter the PSA's public host name, e.g. na.myconnectwise.net."
+
+
+# --------------------------------------------------------------------------------------------------
+# The interface
+# --------------------------------------------------------------------------------------------------
+class PsaClient(abc.ABC):
+    """One connection to one PSA tenant. Construct through `webapp.psa_clients.make_client`."""
+
+    kind: ClassVar[str]  # "connectwise" | "autotask" | "kaseya_bms"
+    display_name: ClassVar[str]
+    # PSA limits enforced across all workers (see http.py): requests per hour, concurrent requests
+    # per endpoint. None = no documented limit.
+    hourly_limit: ClassVar[int | None] = None
+    concurrency_per_endpoint: ClassVar[int | None] = None
+
+    @abc.abstractmethod
+    def check_credentials(self) -> str:
+        """The cheapest authenticated call. Returns a short description of the tenant on success."""
+
+    @abc.abstractmethod
+    def list_products(self, search: str = "") -> list[PsaItem]:
+        """Products (ConnectWise catalog items) or services (Autotask, Kaseya BMS), active only."""
+
+    @abc.abstractmethod
+    def company_scope_options(self) -> dict[str, list[PsaItem]]:
+        """The PSA's company types and statuses: {"types": [...], "statuses": [...]}."""
+
+    @abc.abstractmethod
+    def search_companies(
+        self,
+        search: str = "",
+        *,
+        type_ids: Sequence[str] = (),
+        status_ids: Sequence[str] = (),
+        limit: int = 50,
+    ) -> list[PsaItem]:
+        """Companies whose name contains `search`, restricted to the scope (empty = no filter)."""
+
+    @abc.abstractmethod
+    def list_companies(self, *, type_ids: Sequence[str] = (), status_ids: Sequence[str] = ()) -> list[PsaItem]:
+        """Every company in scope (for Suggest matches), paged to the end in as few calls as possible."""
+
+    @abc.abstractmethod
+    def list_agreements(self, company_id: str) -> list[Agreement]:
+        """Active agreements of a company (Autotask: Recurring Service contracts only)."""
+
+    @abc.abstractmethod
+    def read_lines(self, agreement_ids: Iterable[str], on: dt.date) -> dict[str, list[Line]]:
+        """Current lines of many agreements, in as few calls as the API allows.
+
+        Returns {agreement_id: [Line, ...]} with an entry (possibly empty) for every requested id.
+        `on` is a date inside the billed month (Autotask reads the units of the period holding it).
+        Raises NotFound if an agreement no longer exists (when the API can tell).
+        """
+
+    @abc.abstractmethod
+    def set_quantity(
+        self,
+        agreement_id: str,
+        product_id: str,
+        target: int,
+        *,
+        current: Line | None,
+        options: WriteOptions,
+    ) -> WriteResult:
+        """Make the PSA bill `target` for this product on this agreement.
+
+        `current` is the line as just read (None: create it). Implementations must be safe to
+        call again after a crash: callers re-read the lines first, so a write that already
+        happened is seen in `current` and the second call writes nothing or only what is missing.
+        """
+
+    def close(self) -> None:
+        """Release pooled connections."""

@@ -1,0 +1,267 @@
+"""The HTTP layer every PSA client shares: host safety, retries, and limits across all workers.
+
+- Host safety (PRODUCT.md §5): only public HTTPS hosts with valid certificates; loopback, link-local
+  and private addresses are refused unless listed in PSA_DEV_HOSTS, which are reached over plain
+  HTTP exactly as typed (the PSA simulator).
+- Retries: connection errors, timeouts, 429/502/503/504 and PSA-specific throttling answers are
+  retried with exponential backoff and jitter (tenacity), honouring Retry-After. A write that is not
+  idempotent (an Autotask delta) is retried only when the PSA surely did not process it.
+- Limits: each PSA's documented hourly budget (a moving window from the `limits` library) and its
+  concurrency per endpoint (a leased semaphore) are kept in Redis, so every worker on every machine
+  shares them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import ipaddress
+import logging
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+import tenacity
+from limits import RateLimitItemPerHour
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from .base import HostRefused, RateLimited, TransientError
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = {429, 502, 503, 504}
+# Statuses that mean "the PSA did not process the request", safe to retry even for a delta write.
+REJECTED_UNPROCESSED = {429, 503}
+
+
+# --------------------------------------------------------------------------------------------------
+# Host safety
+# --------------------------------------------------------------------------------------------------
+def parse_dev_hosts(value: str | None) -> frozenset[str]:
+    return frozenset(h.strip().lower() for h in (value or "").split(",") if h.strip())
+
+
+def base_url_for(host: str, dev_hosts: frozenset[str]) -> str:
+    """`http://host` for a listed development host, `https://host` for a public one, else refuse."""
+    host = host.strip().lower().rstrip("/")
+    if host in dev_hosts:
+        return f"http://{host}"
+    check_public_host(host)
+    return f"https://{host}"
+
+
+def check_public_host(host: str) -> None:
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.strip("[]")
+    if not name or any(c in name for c in "/@?# "):
+        raise HostRefused(f"“{host}” is not a host name.")
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(name, 443, proto=socket.IPPROTO_TCP)}
+    except (socket.gaierror, UnicodeError):
+        raise HostRefused(f"The host “{name}” could not be found.", hint="Check the spelling of the host.") from None
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if not ip.is_global:
+            raise HostRefused(
+                f"The host “{name}” resolves to a private or local address, which SeatSync refuses.",
+                hint="Use the PSA's public host, or list the host in PSA_DEV_HOSTS for development.",
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Limits shared by all workers
+# --------------------------------------------------------------------------------------------------
+_ACQUIRE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  return 1
+end
+return 0
+"""
+
+
+class RequestLimiter:
+    """Hourly budget per tenant and concurrent requests per endpoint, shared through Redis."""
+
+    LEASE_SECONDS = 120  # a worker killed mid-request frees its slot after this
+
+    def __init__(
+        self,
+        redis,
+        *,
+        tenant_key: str,
+        hourly_limit: int | None,
+        concurrency: int | None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.redis = redis
+        self.tenant_key = tenant_key
+        self.hourly = RateLimitItemPerHour(hourly_limit) if hourly_limit else None
+        self.concurrency = concurrency
+        self.sleep = sleep
+        self._window = None
+        if self.hourly is not None:
+            storage = RedisStorage("redis://", connection_pool=redis.connection_pool, key_prefix="seatsync:psa-limit")
+            self._window = MovingWindowRateLimiter(storage)
+        self._acquire = redis.register_script(_ACQUIRE_SLOT) if concurrency else None
+
+    def _wait_for_budget(self) -> None:
+        while not self._window.hit(self.hourly, self.tenant_key):
+            reset_at, _remaining = self._window.get_window_stats(self.hourly, self.tenant_key)
+            delay = max(0.5, min(60.0, reset_at - time.time()))
+            log.info("PSA hourly budget used up for %s; waiting %.1fs", self.tenant_key, delay)
+            self.sleep(delay)
+
+    @contextlib.contextmanager
+    def slot(self, endpoint: str) -> Iterator[None]:
+        if self._window is not None:
+            self._wait_for_budget()
+        if not self._acquire:
+            yield
+            return
+        key = f"seatsync:psa-slots:{self.tenant_key}:{endpoint.lower()}"
+        token = uuid.uuid4().hex
+        delay = 0.01
+        while True:
+            now = time.time()
+            if self._acquire(keys=[key], args=[now, now + self.LEASE_SECONDS, self.concurrency, token, self.LEASE_SECONDS * 2]):
+                break
+            self.sleep(delay + random.uniform(0, delay))
+            delay = min(delay * 2, 0.25)
+        try:
+            yield
+        finally:
+            self.redis.zrem(key, token)
+
+
+# --------------------------------------------------------------------------------------------------
+# The session
+# --------------------------------------------------------------------------------------------------
+class _Retry(Exception):
+    """Internal: this attempt failed in a way worth another try."""
+
+    def __init__(self, reason: str, *, response: requests.Response | None = None, throttled: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.response = response
+        self.throttled = throttled
+
+
+def retry_after_seconds(response: requests.Response | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date), if any."""
+    if response is None:
+        return None
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int = 6
+    initial: float = 0.5  # first backoff, doubled each time, with full jitter
+    maximum: float = 30.0  # cap of one wait (also caps Retry-After)
+
+
+class PsaHttp:
+    """A requests session with the retry rules and limits of one PSA tenant.
+
+    `is_throttled(response)` lets a client recognise throttling that is not a 429 (Autotask's
+    thread-limit errors). Responses that are not retried are returned as they are; the client maps
+    them to typed errors with its own hints.
+    """
+
+    def __init__(
+        self,
+        *,
+        limiter: RequestLimiter | None = None,
+        policy: RetryPolicy | None = None,
+        timeout: tuple[float, float] = (5.0, 60.0),
+        is_throttled: Callable[[requests.Response], bool] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "SeatSync/1.0"
+        self.limiter = limiter
+        self.policy = policy or RetryPolicy()
+        self.timeout = timeout
+        self.is_throttled = is_throttled or (lambda response: False)
+        self.sleep = sleep
+        self.calls = 0  # requests actually sent, for benchmarks and tests
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception()
+        after = retry_after_seconds(getattr(error, "response", None))
+        if after is not None:
+            return min(after, self.policy.maximum)
+        ceiling = min(self.policy.maximum, self.policy.initial * 2 ** (state.attempt_number - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        endpoint: str | None = None,
+        idempotent: bool | None = None,
+        **kwargs,
+    ) -> requests.Response:
+        """Send with retries. `endpoint` names the PSA object endpoint the limits apply to."""
+        if idempotent is None:
+            idempotent = method.upper() in {"GET", "PUT", "PATCH", "DELETE", "HEAD"}
+        endpoint = endpoint or urlsplit(url).path
+        kwargs.setdefault("timeout", self.timeout)
+
+        def attempt() -> requests.Response:
+            slot = self.limiter.slot(endpoint) if self.limiter else contextlib.nullcontext()
+            with slot:
+                self.calls += 1
+                try:
+                    response = self.session.request(method, url, **kwargs)
+                except (requests.ConnectionError, requests.Timeout) as exc:
+                    # A refused connection or connect timeout never reached the PSA: always safe.
+                    unsent = isinstance(exc, requests.ConnectTimeout) or (
+                        isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.ReadTimeout)
+                        and "RemoteDisconnected" not in str(exc)
+                    )
+                    if idempotent or unsent:
+                        raise _Retry(f"{type(exc).__name__} talking to the PSA") from None
+                    raise TransientError(
+                        "The PSA did not answer a write in time; it will be re-read before any retry.",
+                    ) from None
+            if self.is_throttled(response):
+                raise _Retry("throttled by the PSA", response=response, throttled=True)
+            if response.status_code in RETRY_STATUSES and (idempotent or response.status_code in REJECTED_UNPROCESSED):
+                raise _Retry(f"HTTP {response.status_code}", response=response, throttled=response.status_code == 429)
+            return response
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_Retry),
+            stop=tenacity.stop_after_attempt(self.policy.attempts),
+            wait=self._wait,
+            sleep=self.sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _Retry as final:
+            status = final.response.status_code if final.response is not None else None
+            if final.throttled:
+                raise RateLimited(f"The PSA kept refusing requests ({final.reason}).", status=status) from None
+            raise TransientError(f"The PSA kept failing ({final.reason}).", status=status) from None
+
+    def close(self) -> None:
+        self.session.close()
