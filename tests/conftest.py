@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.psa_sim"]
+pytest_plugins = ["tests.fixtures.psa_sim", "tests.fixtures.redis"]

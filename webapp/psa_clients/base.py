@@ -122,6 +122,18 @@ class HostRefused(PsaError):
     default_hint = "Enter the PSA's public host name, e.g. na.myconnectwise.net."
 
 
+@dataclass(frozen=True)
+class CredentialField:
+    """One field of a PSA's credential form, with the label the seeds use."""
+
+    name: str
+    label: str
+    secret: bool = False  # encrypted at rest, never sent back to the browser
+    required: bool = True
+    help: str = ""
+    placeholder: str = ""
+
+
 # --------------------------------------------------------------------------------------------------
 # The interface
 # --------------------------------------------------------------------------------------------------
@@ -134,6 +146,15 @@ class PsaClient(abc.ABC):
     # per endpoint. None = no documented limit.
     hourly_limit: ClassVar[int | None] = None
     concurrency_per_endpoint: ClassVar[int | None] = None
+    credential_fields: ClassVar[tuple[CredentialField, ...]]
+
+    @classmethod
+    def normalize_credentials(cls, values: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+        """Clean what an admin typed. Returns (values, notices shown to the admin).
+
+        Raises ValidationFailed with a clear message for input that cannot be used (e.g. http://).
+        """
+        return {k: (v or "").strip() for k, v in values.items()}, []
 
     @abc.abstractmethod
     def check_credentials(self) -> str:

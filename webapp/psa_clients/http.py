@@ -100,12 +100,14 @@ class RequestLimiter:
         tenant_key: str,
         hourly_limit: int | None,
         concurrency: int | None,
+        hourly_per_endpoint: bool = False,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.redis = redis
         self.tenant_key = tenant_key
         self.hourly = RateLimitItemPerHour(hourly_limit) if hourly_limit else None
         self.concurrency = concurrency
+        self.hourly_per_endpoint = hourly_per_endpoint  # Kaseya BMS counts its budget per endpoint
         self.sleep = sleep
         self._window = None
         if self.hourly is not None:
@@ -113,17 +115,18 @@ class RequestLimiter:
             self._window = MovingWindowRateLimiter(storage)
         self._acquire = redis.register_script(_ACQUIRE_SLOT) if concurrency else None
 
-    def _wait_for_budget(self) -> None:
-        while not self._window.hit(self.hourly, self.tenant_key):
-            reset_at, _remaining = self._window.get_window_stats(self.hourly, self.tenant_key)
+    def _wait_for_budget(self, endpoint: str) -> None:
+        key = f"{self.tenant_key}:{endpoint.lower()}" if self.hourly_per_endpoint else self.tenant_key
+        while not self._window.hit(self.hourly, key):
+            reset_at, _remaining = self._window.get_window_stats(self.hourly, key)
             delay = max(0.5, min(60.0, reset_at - time.time()))
-            log.info("PSA hourly budget used up for %s; waiting %.1fs", self.tenant_key, delay)
+            log.info("PSA hourly budget used up for %s; waiting %.1fs", key, delay)
             self.sleep(delay)
 
     @contextlib.contextmanager
     def slot(self, endpoint: str) -> Iterator[None]:
         if self._window is not None:
-            self._wait_for_budget()
+            self._wait_for_budget(endpoint)
         if not self._acquire:
             yield
             return
