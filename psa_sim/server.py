@@ -23,7 +23,8 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 
-from . import autotask, connectwise, kaseya_bms, seed as seeding
+from . import autotask, connectwise, kaseya_bms
+from . import seed as seeding
 
 PSA_MODULES = {"connectwise": connectwise, "autotask": autotask, "kaseya_bms": kaseya_bms}
 
