@@ -96,7 +96,8 @@ def create_sim_app(seed: str | int | None = None) -> Flask:
         g.endpoint_key = f"{g.psa} {PSA_MODULES[g.psa].endpoint_of(path)}"
         with state.lock:
             state.in_flight[g.endpoint_key] = state.in_flight.get(g.endpoint_key, 0) + 1
-            state.max_in_flight[g.endpoint_key] = max(state.max_in_flight.get(g.endpoint_key, 0), state.in_flight[g.endpoint_key])
+            now_in_flight = state.in_flight[g.endpoint_key]
+            state.max_in_flight[g.endpoint_key] = max(state.max_in_flight.get(g.endpoint_key, 0), now_in_flight)
             latency = state.latency_ms
             rule = next((r for r in state.rules if r.matches(g.psa, request.method, path)), None)
             if rule is not None and rule.times > 0:

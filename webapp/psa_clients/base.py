@@ -213,5 +213,5 @@ class PsaClient(abc.ABC):
         happened is seen in `current` and the second call writes nothing or only what is missing.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most clients share one session
         """Release pooled connections."""

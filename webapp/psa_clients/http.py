@@ -135,7 +135,8 @@ class RequestLimiter:
         delay = 0.01
         while True:
             now = time.time()
-            if self._acquire(keys=[key], args=[now, now + self.LEASE_SECONDS, self.concurrency, token, self.LEASE_SECONDS * 2]):
+            lease = [now, now + self.LEASE_SECONDS, self.concurrency, token, self.LEASE_SECONDS * 2]
+            if self._acquire(keys=[key], args=lease):
                 break
             self.sleep(delay + random.uniform(0, delay))
             delay = min(delay * 2, 0.25)
