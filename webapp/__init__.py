@@ -1,0 +1,49 @@
+"""SeatSync: keeps an MSP's PSA billing in step with real license usage."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask
+
+from .extensions import csrf, db, htmx, limiter, login_manager, migrate
+from .settings import load_settings
+
+
+def create_app(overrides: dict | None = None, environ: dict | None = None) -> Flask:
+    """The app factory: settings, extensions, blueprints, CLI — nothing else."""
+    app = Flask(__name__, instance_path=os.environ.get("SEATSYNC_INSTANCE") or None, instance_relative_config=True)
+    app.config.update(load_settings(app.instance_path, environ))
+    if overrides:
+        app.config.update(overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from . import models  # noqa: F401  (register the tables with SQLAlchemy and migrations)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
+    csrf.init_app(app)
+    htmx.init_app(app)
+    limiter.init_app(app)
+    login_manager.init_app(app)
+
+    from .queue import init_queue
+
+    init_queue(app)
+
+    from . import security
+    from .blueprints import register_blueprints
+
+    app.before_request(security.enforce_access)
+    app.after_request(security.security_headers)
+    register_blueprints(app)
+
+    from .cli import register_cli
+
+    register_cli(app)
+
+    from .templating import init_templating
+
+    init_templating(app)
+    return app

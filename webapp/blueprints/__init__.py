@@ -1,0 +1,12 @@
+"""Blueprints: shared areas, plus one thin blueprint per PSA for its credential form and words."""
+
+from flask import Flask
+
+
+def register_blueprints(app: Flask) -> None:
+    from . import auth, dashboard, errors, health
+
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(dashboard.bp)
+    errors.register(app)

@@ -1,0 +1,34 @@
+"""Error pages. HTMX requests get a small banner fragment instead of a whole page."""
+
+from flask import Flask, render_template
+from flask_wtf.csrf import CSRFError
+
+from ..extensions import htmx
+
+MESSAGES = {
+    400: "The request could not be understood.",
+    401: "Please sign in.",
+    403: "Your role does not allow this. Ask an admin if you need it.",
+    404: "There is nothing here.",
+    405: "That action is not available here.",
+    429: "Too many requests. Wait a minute and try again.",
+    500: "Something went wrong on our side. The error was logged.",
+}
+
+
+def _render(status: int, message: str | None = None):
+    message = message or MESSAGES.get(status, "Error")
+    template = "errors/_banner.html" if htmx else "errors/page.html"
+    response = render_template(template, status=status, message=message), status
+    return response
+
+
+def register(app: Flask) -> None:
+    for status in MESSAGES:
+        app.register_error_handler(status, lambda exc, status=status: _render(status, getattr(exc, "description", None)
+                                                                              if status in (400, 429) else None))
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc):
+        return _render(400, "The form expired or was sent from elsewhere (missing security token). "
+                            "Reload the page and try again.")

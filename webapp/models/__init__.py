@@ -1,0 +1,26 @@
+"""The data model, one module per aggregate (PRODUCT.md §1)."""
+
+from .audit import AuditEvent
+from .integrations import CompanyMapping, Integration, ProductMapping
+from .organisation import Organisation
+from .seats import Company, CountOverride, MonthlyCount, Product, Seat
+from .sync import LineResult, PushIntent, SyncRun
+from .users import ApiToken, User
+
+__all__ = [
+    "ApiToken",
+    "AuditEvent",
+    "Company",
+    "CompanyMapping",
+    "CountOverride",
+    "Integration",
+    "LineResult",
+    "MonthlyCount",
+    "Organisation",
+    "Product",
+    "ProductMapping",
+    "PushIntent",
+    "Seat",
+    "SyncRun",
+    "User",
+]

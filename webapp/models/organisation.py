@@ -1,0 +1,29 @@
+"""Organisation-wide settings (a single row)."""
+
+from __future__ import annotations
+
+from sqlalchemy import String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..extensions import db
+
+
+class Organisation(db.Model):
+    __tablename__ = "organisation"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="My MSP")
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")  # IANA name; months are counted in it
+    cw_client_id: Mapped[str] = mapped_column(String(64), default="")  # default ConnectWise Client ID
+    local_login_disabled: Mapped[bool] = mapped_column(default=False)  # OIDC only, but break-glass admins
+
+    @classmethod
+    def get(cls) -> Organisation:
+        org = db.session.get(cls, 1)
+        if org is None:
+            from flask import current_app
+
+            org = cls(id=1, timezone=current_app.config.get("ORG_TIMEZONE_DEFAULT", "UTC"))
+            db.session.add(org)
+            db.session.flush()
+        return org

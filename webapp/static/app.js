@@ -1,0 +1,6 @@
+// SeatSync's small client-side behaviours. Served from 'self' (the CSP forbids inline script).
+// Everything works without it; it only improves focus after HTMX swaps.
+document.addEventListener("htmx:afterSwap", (event) => {
+  const autofocus = event.detail.target.querySelector("[autofocus]");
+  if (autofocus) autofocus.focus();
+});
