@@ -12,8 +12,12 @@ from .settings import load_settings
 
 
 def create_app(overrides: dict | None = None, environ: dict | None = None) -> Flask:
-    """The app factory: settings, extensions, blueprints, CLI — nothing else."""
-    app = Flask(__name__, instance_path=os.environ.get("SEATSYNC_INSTANCE") or None, instance_relative_config=True)
+    """The app factory: settings, extensions, blueprints, CLI — nothing else.
+
+    `environ` replaces os.environ as the source of settings (tests); `overrides` is applied last.
+    """
+    source = os.environ if environ is None else environ
+    app = Flask(__name__, instance_path=source.get("SEATSYNC_INSTANCE") or None, instance_relative_config=True)
     app.config.update(load_settings(app.instance_path, environ))
     if overrides:
         app.config.update(overrides)

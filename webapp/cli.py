@@ -62,13 +62,16 @@ def seed_demo_data(rng_seed: int = 42) -> dict[str, int]:
             db.session.flush()
             for user_number in range(rng.randint(3, 25)):
                 email = f"user{user_number + 1}@{name.split()[0].lower().strip('<>&')}.example"
+                # Draw every random value whether or not the seat exists, so a second run sees the
+                # same sequence and changes nothing.
+                started = today - dt.timedelta(days=rng.randint(20, 400))
+                ended = today - dt.timedelta(days=rng.randint(1, 15)) if rng.random() < 0.15 else None
+                billable = rng.random() > 0.05
                 seat = db.session.scalar(db.select(Seat).filter_by(
                     company_id=company.id, product_id=product.id, user_email=email))
                 if seat is None:
-                    started = today - dt.timedelta(days=rng.randint(20, 400))
-                    ended = today - dt.timedelta(days=rng.randint(1, 15)) if rng.random() < 0.15 else None
                     db.session.add(Seat(company=company, product=product, user_email=email,
-                                        active_from=started, active_to=ended, billable=rng.random() > 0.05))
+                                        active_from=started, active_to=ended, billable=billable))
                 seats += 1
     db.session.commit()
     return {"companies": len(DEMO_COMPANIES), "products": len(products), "seats": seats}

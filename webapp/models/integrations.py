@@ -91,7 +91,6 @@ class CompanyMapping(db.Model):
     status: Mapped[str] = mapped_column(String(20), default="never synced")
     status_reason: Mapped[str] = mapped_column(Text, default="")
     last_sync_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
-    last_run_id: Mapped[int | None] = mapped_column(ForeignKey("sync_runs.id", use_alter=True, ondelete="SET NULL"))
     job_id: Mapped[str | None] = mapped_column(String(64))  # the RQ job pushing it now, if any
 
     integration: Mapped[Integration] = relationship()

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 264e8984c9ab
+Revision ID: 444f797cc583
 Revises: 
-Create Date: 2026-11-22 09:59:25.634664
+Create Date: 2026-11-22 10:01:51.614561
 
 """
 from alembic import op
@@ -12,7 +12,7 @@ import webapp.models._types  # noqa: F401  (custom column types used below)
 
 
 # revision identifiers, used by Alembic.
-revision = '264e8984c9ab'
+revision = '444f797cc583'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -30,6 +30,9 @@ def upgrade():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_companies')),
     sa.UniqueConstraint('external_id', name=op.f('uq_companies_external_id'))
     )
+    with op.batch_alter_table('companies', schema=None) as batch_op:
+        batch_op.create_index('ix_companies_lower_name', [sa.literal_column('lower(name)')], unique=False)
+
     op.create_table('integrations',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('kind', sa.String(length=20), nullable=False),
@@ -124,11 +127,9 @@ def upgrade():
     sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('status_reason', sa.Text(), nullable=False),
     sa.Column('last_sync_at', webapp.models._types.UtcDateTime(timezone=True), nullable=True),
-    sa.Column('last_run_id', sa.Integer(), nullable=True),
     sa.Column('job_id', sa.String(length=64), nullable=True),
     sa.ForeignKeyConstraint(['company_id'], ['companies.id'], name=op.f('fk_company_mappings_company_id_companies'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['integration_id'], ['integrations.id'], name=op.f('fk_company_mappings_integration_id_integrations'), ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['last_run_id'], ['sync_runs.id'], name=op.f('fk_company_mappings_last_run_id_sync_runs'), ondelete='SET NULL', use_alter=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_company_mappings')),
     sa.UniqueConstraint('integration_id', 'company_id', name='uq_company_mappings_ic')
     )
@@ -303,5 +304,8 @@ def downgrade():
     op.drop_table('products')
     op.drop_table('organisation')
     op.drop_table('integrations')
+    with op.batch_alter_table('companies', schema=None) as batch_op:
+        batch_op.drop_index('ix_companies_lower_name')
+
     op.drop_table('companies')
     # ### end Alembic commands ###
