@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.app", "tests.fixtures.psa_sim", "tests.fixtures.redis"]
+pytest_plugins = ["tests.fixtures.app", "tests.fixtures.psa_sim", "tests.fixtures.redis", "tests.fixtures.browser"]

@@ -18,11 +18,11 @@ def test_migrations_build_the_schema_on_sqlite(tmp_path):
     app = create_app(environ=app_environ(f"sqlite:///{tmp_path / 'fresh.sqlite3'}", str(tmp_path)))
     with app.app_context():
         upgrade()
-        assert EXPECTED_TABLES <= set(inspect(db.engine).get_table_names())
+        assert set(inspect(db.engine).get_table_names()) >= EXPECTED_TABLES
         check()  # raises if the models hold a change no migration describes
 
 
 def test_migrations_build_the_schema_on_the_suite_database(app):
     # The session's database (PostgreSQL on CI) was built by `upgrade()` in the fixtures.
-    assert EXPECTED_TABLES <= set(inspect(db.engine).get_table_names())
+    assert set(inspect(db.engine).get_table_names()) >= EXPECTED_TABLES
     check()
