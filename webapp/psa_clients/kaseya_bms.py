@@ -1,0 +1,678 @@
+"""Kaseya BMS (REST API v2): accounts, the services catalog, recurring-services contracts and their services.
+
+What is BMS-specific, and where it comes from (psa/kaseya_bms.md):
+- The API lives on its own host per region, `api.<ui host>` (§1): the admin types the UI host.
+- Auth is a JWT from `POST /v2/security/authenticate` (multipart form: GrantType, UserName, Password,
+  Tenant = the company name), refreshed with `POST /v2/security/refreshtoken` before it expires (§2.1).
+  An expired token answers HTTP 401 "Security Error" code 978001; we log in again once.
+- Every answer is an envelope `{Success, Error{Code,Message,...}, Result[, TotalRecords]}`; failures can
+  come with HTTP 200 and Success=false (§0.5, §4). The spec is PascalCase, the wire camelCase (§0.6):
+  every field is read through `_ci`, which ignores case.
+- Paging is `PageSize`/`PageNumber` (query for GET, body for POST searches); the page base and the
+  maximum page size are undocumented (§4, §8.3), so pages start at 1, stop at TotalRecords or an
+  empty page, and page 0 is fetched if records are still missing.
+- The V2 API has **no read of a contract's service Units** (§0.2, §3.4): read_lines finds the lines
+  (ids, prices, duplicates) through the related-services search and reports `quantity=None`.
+- Writes post absolute `Units` with an EffectiveDate to the contract's recurring services (§3.5).
+  What that does to a service already on the contract is undocumented; the assumption lives in
+  `ASSUME_POST_REPLACES_UNITS` and `_post_units` only (§0.2, §8.1).
+- Limits: 1,500 requests per hour per endpoint (§4); no documented concurrency limit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import requests
+
+from .base import (
+    Agreement,
+    CredentialField,
+    CredentialsRejected,
+    Line,
+    NotFound,
+    PermissionDenied,
+    PsaClient,
+    PsaItem,
+    TransientError,
+    ValidationFailed,
+    WriteOptions,
+    WriteResult,
+)
+from .http import PsaHttp, RequestLimiter, RetryPolicy, base_url_for
+
+log = logging.getLogger(__name__)
+
+# UI host an admin types (and the seeds ask for) → the V2 API host (notes §1). A host not listed here,
+# e.g. one that already starts with "api.", is used as typed.
+API_HOSTS = {
+    "bms.kaseya.com": "api.bms.kaseya.com",
+    "bmsemea.kaseya.com": "api.bmsemea.kaseya.com",
+    "bmsapac.kaseya.com": "api.bmsapac.kaseya.com",
+    "vorexlogin.com": "api.vorexlogin.com",
+    "www.vorexlogin.com": "api.vorexlogin.com",
+}
+
+# Notes §0.2, §3.5 and §8.1: the API does not say whether posting a ServiceId that is already on the
+# contract replaces that line's Units from EffectiveDate or appends a second line. We assume it
+# replaces (an upsert by ServiceId), which is what the simulator implements. Under that assumption a
+# write is absolute and safe to retry. If a sandbox shows otherwise, set this to False: existing
+# lines are then never posted to (they need attention) and writes are not blindly retried.
+ASSUME_POST_REPLACES_UNITS = True
+
+PAGE_SIZE = 100  # the only documented page size (notes §4, Kaseya throttling article); max is unknown
+IDS_PER_QUERY = 100  # ids per `Ids=` query, to keep URLs short
+MAX_PAGES = 1000  # loop guard against a server that ignores PageNumber
+CATALOG_TTL = 300.0  # seconds the active services catalog is reused within one client
+REFRESH_MARGIN = 60.0  # refresh the token when it has less than this left (notes §2.1)
+DEFAULT_TOKEN_LIFETIME = 3600.0  # when AccessTokenExpireOn is missing or unusable (printing-press default)
+EXPIRED_TOKEN_CODE = 978001  # "Security Error" on an expired JWT (notes §2.1)
+RECURRING_CONTRACT = "recurring"  # ContractType "Recurring Services" (Kaseya help: working with contracts)
+
+HOST_HINT = "Enter your Kaseya BMS host without https://, e.g. bms.kaseya.com or bmsemea.kaseya.com."
+CREDENTIALS_HINT = (
+    "Kaseya BMS rejected the Username, Password or Company Name: re-enter them (the Company Name is shown "
+    "under My Settings). Use an API Employee user without MFA."
+)
+PERMISSION_HINT = (
+    "Give the API user's security role Admin › Special Features › Has API Access, view on CRM Accounts, "
+    "view and edit on Finance Contracts and view on Admin › Finance › Services."
+)
+ENDPOINT_PATHS = {  # endpoint name (for limits) → path; the spec test checks every path here
+    "authenticate": "/v2/security/authenticate",
+    "refreshtoken": "/v2/security/refreshtoken",
+    "accounttypes": "/v2/system/accounttypes/lookup",
+    "accounts/summary": "/v2/crm/accounts/summary",
+    "accounts/lookup": "/v2/crm/accounts/lookup",
+    "services/search": "/v2/admin/finance/services/search",
+    "services/get": "/v2/admin/finance/services/{serviceId}",
+    "relatedservices/search": "/v2/admin/finance/services/{serviceId}/relatedservices/search",
+    "contracts/lookup": "/v2/finance/contracts/lookup",
+    "contracts/summary": "/v2/finance/contracts/summary",
+    "recurringservices/services": "/v2/finance/contracts/recurringservices/{contractId}/services",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------------
+def _ci(obj: Any, name: str, default: Any = None) -> Any:
+    """`obj[name]` ignoring case: the spec says PascalCase, the wire is camelCase (notes §0.6)."""
+    if not isinstance(obj, dict):
+        return default
+    if name in obj:
+        return obj[name]
+    lowered = name.lower()
+    for key, value in obj.items():
+        if isinstance(key, str) and key.lower() == lowered:
+            return value
+    return default
+
+
+def _parse_time(value: Any) -> float | None:
+    """Epoch seconds of an API timestamp; zone-less ones are UTC (notes §4, printing-press README)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
+def _int_ids(values: Iterable[Any], what: str) -> list[int]:
+    try:
+        return [int(str(v).strip()) for v in values]
+    except ValueError:
+        raise ValidationFailed(f"A Kaseya BMS {what} id must be a number.") from None
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _normalize_hostname(raw: str, dev_hosts: frozenset[str]) -> tuple[str, str | None]:
+    """The bare host an admin meant, and a notice when what they typed had to be trimmed."""
+    value = (raw or "").strip()
+    if not value:
+        return "", None
+    lowered = value.lower()
+    scheme = ""
+    if "://" in lowered:
+        parts = urlsplit(lowered)
+        scheme, host = parts.scheme, parts.netloc
+    else:
+        host = lowered.split("/", 1)[0].split("?", 1)[0]
+    if "@" in host:
+        raise ValidationFailed("The Hostname must not contain a user name or password.", hint=HOST_HINT)
+    host = host.rstrip(".")
+    if scheme == "http" and host not in dev_hosts:
+        raise ValidationFailed("Kaseya BMS is only reached over HTTPS: an “http://” address is refused.",
+                               hint=HOST_HINT)
+    if scheme not in ("", "http", "https"):
+        raise ValidationFailed(f"“{scheme}://” is not a web address SeatSync can use.", hint=HOST_HINT)
+    if not host or any(c in host for c in " \\#"):
+        raise ValidationFailed(f"“{value}” is not a host name.", hint=HOST_HINT)
+    notice = None
+    if host != lowered.rstrip("/"):
+        notice = f"The Hostname was shortened to “{host}”: SeatSync only needs the host."
+    return host, notice
+
+
+def api_host_for(hostname: str, dev_hosts: frozenset[str]) -> str:
+    """The V2 API host of what the admin typed; a development host is used exactly as typed."""
+    host = hostname.strip().lower()
+    if host in dev_hosts:
+        return host
+    return API_HOSTS.get(host, host)
+
+
+@dataclass(frozen=True)
+class ContractServiceLine(Line):
+    """A BMS contract service as the related-services search shows it: no Units (notes §3.2, §3.4).
+
+    The prices and names are what a write must send back unchanged, so an update never reprices.
+    """
+
+    service_name: str = ""
+    unit_cost: float | None = None
+    unit_price: float | None = None
+    effective_date: str = ""
+
+
+class _Token:
+    """The current JWT. Never printable."""
+
+    __slots__ = ("access", "refresh", "expires_at", "margin")
+
+    def __init__(self, access: str, refresh: str, expires_at: float, margin: float):
+        self.access, self.refresh, self.expires_at, self.margin = access, refresh, expires_at, margin
+
+    def fresh(self) -> bool:
+        return time.time() < self.expires_at - self.margin
+
+    def __repr__(self) -> str:
+        return "<Kaseya BMS token>"
+
+
+# --------------------------------------------------------------------------------------------------
+# The client
+# --------------------------------------------------------------------------------------------------
+class KaseyaBmsClient(PsaClient):
+    kind = "kaseya_bms"
+    display_name = "Kaseya BMS"
+    hourly_limit = 1500  # per endpoint (notes §4, Kaseya V2 help page)
+    concurrency_per_endpoint = None  # none documented
+    # The V2 API cannot report a contract service's Units: Line.quantity is None (notes §0.2, §3.4).
+    quantity_readable: ClassVar[bool] = False
+    credential_fields = (
+        CredentialField("hostname", "Hostname", help="Your Kaseya BMS host without https://, e.g. bms.kaseya.com.",
+                        placeholder="bms.kaseya.com"),
+        CredentialField("username", "Username", help="An API Employee user with API access."),
+        CredentialField("password", "Password", secret=True),
+        CredentialField("company", "Company Name", help="Your company name in Kaseya BMS (My Settings)."),
+    )
+
+    @classmethod
+    def normalize_credentials(
+        cls, values: dict[str, str], *, dev_hosts: frozenset[str] = frozenset()
+    ) -> tuple[dict[str, str], list[str]]:
+        password = values.get("password")
+        cleaned, notices = super().normalize_credentials(values)
+        if password is not None:
+            cleaned["password"] = password  # a password may end in a space: never altered
+        if cleaned.get("hostname"):
+            cleaned["hostname"], notice = _normalize_hostname(cleaned["hostname"], frozenset(dev_hosts))
+            if notice:
+                notices.append(notice)
+        return cleaned, notices
+
+    def __init__(self, credentials: dict[str, Any], *, redis=None, dev_hosts: frozenset[str] = frozenset(),
+                 config: dict[str, Any] | None = None):
+        config = dict(config or {})
+        self._dev_hosts = frozenset(h.strip().lower() for h in dev_hosts)
+        hostname = str(credentials.get("hostname") or "").strip()
+        self.hostname = _normalize_hostname(hostname, self._dev_hosts)[0] if hostname else ""
+        self.api_host = api_host_for(self.hostname, self._dev_hosts) if self.hostname else ""
+        self.username = str(credentials.get("username") or "").strip()
+        self.company = str(credentials.get("company") or "").strip()
+        self._password = str(credentials.get("password") or "")
+        self._token: _Token | None = None
+        self._base_url: str | None = None
+        self._catalog: dict[int, dict] | None = None
+        self._catalog_at = 0.0
+        sleep = config.get("HTTP_SLEEP") or time.sleep
+        limiter = None
+        if redis is not None:
+            limiter = RequestLimiter(
+                redis,
+                tenant_key=f"kaseya_bms:{self.api_host}:{self.company.lower()}",
+                hourly_limit=self.hourly_limit,
+                concurrency=self.concurrency_per_endpoint,
+                hourly_per_endpoint=True,
+                sleep=sleep,
+            )
+        self.http = PsaHttp(
+            limiter=limiter, policy=config.get("HTTP_RETRY_POLICY") or RetryPolicy(),
+            is_throttled=_is_throttled, sleep=sleep,
+        )
+
+    def __repr__(self) -> str:  # the password and the token stay out of reprs
+        return f"KaseyaBmsClient(host={self.api_host!r}, company={self.company!r}, username={self.username!r})"
+
+    def close(self) -> None:
+        self.http.close()
+
+    # ----------------------------------------------------------------------------------------------
+    # Transport: auth, envelope, errors
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        if self._base_url is None:
+            if not self.api_host:
+                raise ValidationFailed("The Kaseya BMS Hostname is missing.", hint=HOST_HINT)
+            self._base_url = base_url_for(self.api_host, self._dev_hosts)
+        return self._base_url
+
+    def _scrub(self, text: str) -> str:
+        for secret in (self._password, *(self._token_values())):
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
+
+    def _token_values(self) -> tuple[str, ...]:
+        return (self._token.access, self._token.refresh) if self._token else ()
+
+    def _authenticate(self) -> None:
+        if not (self.username and self._password and self.company):
+            raise CredentialsRejected("The Kaseya BMS Username, Password and Company Name are all required.",
+                                      hint=CREDENTIALS_HINT)
+        form = {"GrantType": "password", "UserName": self.username, "Password": self._password,
+                "Tenant": self.company}
+        response = self.http.request(
+            "POST", self.base_url + ENDPOINT_PATHS["authenticate"], endpoint="authenticate",
+            files={k: (None, v) for k, v in form.items()},  # the spec's multipart/form-data
+        )
+        body = self._json(response)
+        if response.status_code >= 500:
+            raise TransientError(f"Kaseya BMS failed to log in (HTTP {response.status_code}).",
+                                 status=response.status_code)
+        if response.status_code >= 400 or not _ci(body, "Success"):
+            message = self._message(body) or f"HTTP {response.status_code}"
+            raise CredentialsRejected(f"Kaseya BMS refused the login: {message}", status=401, hint=CREDENTIALS_HINT)
+        self._take_token(_ci(body, "Result") or {})
+        log.info("Kaseya BMS: logged in to %s for company %s", self.api_host, self.company)
+
+    def _refresh(self) -> bool:
+        token = self._token
+        if token is None or not token.refresh:
+            return False
+        response = self.http.request(
+            "POST", self.base_url + ENDPOINT_PATHS["refreshtoken"], endpoint="refreshtoken",
+            files={"AccessToken": (None, token.access), "RefreshToken": (None, token.refresh)},
+        )
+        body = self._json(response)
+        if response.status_code != 200 or not _ci(body, "Success") or not _ci(_ci(body, "Result"), "AccessToken"):
+            return False
+        self._take_token(_ci(body, "Result"))
+        return True
+
+    def _take_token(self, result: dict) -> None:
+        access = _ci(result, "AccessToken")
+        if not access:
+            raise CredentialsRejected("Kaseya BMS answered the login without a token.", hint=CREDENTIALS_HINT)
+        now = time.time()
+        expires_at = _parse_time(_ci(result, "AccessTokenExpireOn"))
+        if expires_at is None or expires_at <= now:  # missing, or a zone-less local time read as UTC
+            expires_at = now + DEFAULT_TOKEN_LIFETIME
+        margin = min(REFRESH_MARGIN, (expires_at - now) / 4)
+        self._token = _Token(str(access), str(_ci(result, "RefreshToken") or ""), expires_at, margin)
+
+    def _ensure_token(self) -> None:
+        if self._token is not None and self._token.fresh():
+            return
+        if self._token is None or not self._refresh():
+            self._authenticate()
+
+    @staticmethod
+    def _json(response: requests.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            return None
+
+    def _message(self, body: Any) -> str:
+        error = _ci(body, "Error")
+        parts = [_ci(error, "Message"), _ci(error, "Details")]
+        parts += [s for s in (_ci(error, "SubErrors") or []) if isinstance(s, str)]
+        text = "; ".join(str(p).strip() for p in parts if p and str(p).strip())
+        if not text and isinstance(body, dict):
+            text = str(_ci(body, "Message") or _ci(body, "title") or "")
+        return self._scrub(text)[:500]
+
+    def _call(self, method: str, endpoint: str, *, path_args: dict | None = None,
+              idempotent: bool | None = None, **kwargs) -> dict:
+        """One API request through the envelope. Returns the envelope (Result, TotalRecords)."""
+        url = self.base_url + ENDPOINT_PATHS[endpoint].format(**(path_args or {}))
+        for attempt in (1, 2):
+            self._ensure_token()
+            headers = {"Authorization": f"Bearer {self._token.access}", "Accept": "application/json"}
+            response = self.http.request(method, url, endpoint=endpoint, idempotent=idempotent,
+                                         headers=headers, **kwargs)
+            body = self._json(response)
+            error_code = _ci(_ci(body, "Error"), "Code")
+            expired = response.status_code == 401 or error_code == EXPIRED_TOKEN_CODE
+            if expired and attempt == 1:
+                log.info("Kaseya BMS: token refused on %s; logging in again", endpoint)
+                self._token = None  # a refused token is not refreshed: log in afresh
+                continue
+            return self._check(response, body, endpoint)
+        raise AssertionError("unreachable")
+
+    def _check(self, response: requests.Response, body: Any, endpoint: str) -> dict:
+        status = response.status_code
+        message = self._message(body)
+        success = _ci(body, "Success")
+        if status == 200 and isinstance(body, dict) and success is not False:
+            return body
+        if status == 401 or _ci(_ci(body, "Error"), "Code") == EXPIRED_TOKEN_CODE:
+            raise CredentialsRejected(f"Kaseya BMS refused the login: {message or 'Security Error'}",
+                                      status=401, hint=CREDENTIALS_HINT)
+        if status == 403:
+            raise PermissionDenied(f"Kaseya BMS denied access: {message or 'forbidden'}", status=403,
+                                   hint=PERMISSION_HINT)
+        if status == 404:
+            raise NotFound(f"Kaseya BMS has no such record: {message or 'not found'}", status=404)
+        if status >= 500:
+            raise TransientError(f"Kaseya BMS failed (HTTP {status}): {message or 'server error'}", status=status)
+        if status == 200 and not isinstance(body, dict):
+            raise TransientError(f"Kaseya BMS answered {endpoint} with something that is not JSON.", status=status)
+        return self._business_error(message, status)
+
+    def _business_error(self, message: str, status: int) -> dict:
+        """Success=false (usually with HTTP 200): the kind of failure is only in the message."""
+        text = message.lower()
+        if any(w in text for w in ("permission", "access denied", "not authorized", "unauthorized", "not allowed")):
+            raise PermissionDenied(f"Kaseya BMS denied access: {message}", status=403, hint=PERMISSION_HINT)
+        if any(w in text for w in ("not found", "does not exist", "doesn't exist", "no record")):
+            raise NotFound(f"Kaseya BMS has no such record: {message}", status=404)
+        if any(w in text for w in ("too many requests", "rate limit", "throttl")):
+            raise TransientError(f"Kaseya BMS refused the request: {message}", status=status)
+        raise ValidationFailed(f"Kaseya BMS refused the request: {message or 'no reason given'}", status=status)
+
+    def _pages(self, method: str, endpoint: str, *, params: dict | None = None, body: dict | None = None,
+               path_args: dict | None = None) -> Iterator[dict]:
+        """Every record of a paged search, in PAGE_SIZE pages, each record once."""
+        seen: set[Any] = set()
+        total = None
+
+        def fetch(number: int) -> list[dict]:
+            nonlocal total
+            if method == "GET":
+                kwargs = {"params": {**(params or {}), "PageSize": PAGE_SIZE, "PageNumber": number}}
+            else:
+                kwargs = {"json": {**(body or {}), "PageSize": PAGE_SIZE, "PageNumber": number}}
+            envelope = self._call(method, endpoint, path_args=path_args, idempotent=True, **kwargs)
+            total = _ci(envelope, "TotalRecords", total)
+            rows = [r for r in (_ci(envelope, "Result") or []) if isinstance(r, dict)]
+            fresh = [r for r in rows if _ci(r, "Id") not in seen]
+            seen.update(_ci(r, "Id") for r in fresh)
+            return fresh if rows else []
+
+        for number in range(1, MAX_PAGES + 1):
+            rows = fetch(number)
+            yield from rows
+            if not rows or (total is not None and len(seen) >= total) or (total is None and len(rows) < PAGE_SIZE):
+                break
+        # The page base is undocumented (notes §4): a 0-based server leaves its first page for last.
+        if total is not None and len(seen) < total:
+            yield from fetch(0)
+
+    # ----------------------------------------------------------------------------------------------
+    # The interface
+    # ----------------------------------------------------------------------------------------------
+    def check_credentials(self) -> str:
+        self._token = None  # always a real login: a cached token proves nothing about new credentials
+        self._authenticate()
+        return f"Kaseya BMS company “{self.company}” on {self.api_host}"
+
+    def _services(self, search: str = "") -> list[dict]:
+        flt: dict[str, Any] = {"IsActive": 1}
+        if search:
+            flt["Name"] = search
+        return list(self._pages("POST", "services/search", body={"Filter": flt}))
+
+    def _catalog_by_id(self) -> dict[int, dict]:
+        if self._catalog is None or time.monotonic() - self._catalog_at > CATALOG_TTL:
+            self._catalog = {int(_ci(s, "Id")): s for s in self._services()}
+            self._catalog_at = time.monotonic()
+        return self._catalog
+
+    def list_products(self, search: str = "") -> list[PsaItem]:
+        rows = self._services(search.strip())
+        if not search.strip():
+            self._catalog = {int(_ci(s, "Id")): s for s in rows}
+            self._catalog_at = time.monotonic()
+        items = []
+        for row in rows:
+            detail = " · ".join(str(p) for p in (_ci(row, "Category"), _ci(row, "UnitOfMeasure")) if p)
+            price = _ci(row, "UnitPrice")
+            if isinstance(price, int | float):
+                detail = f"{detail} · {price:.2f}" if detail else f"{price:.2f}"
+            items.append(PsaItem(str(_ci(row, "Id")), str(_ci(row, "Name") or ""), detail))
+        return sorted(items, key=lambda i: i.name.lower())
+
+    def company_scope_options(self) -> dict[str, list[PsaItem]]:
+        rows = _ci(self._call("GET", "accounttypes"), "Result") or []
+        types = []
+        for row in rows:
+            if _ci(row, "IsActive") is False:
+                continue
+            kind = "client" if _ci(row, "IsClient") else "vendor" if _ci(row, "IsVendor") else ""
+            types.append(PsaItem(str(_ci(row, "Id")), str(_ci(row, "Name") or ""), kind))
+        # Accounts have no status lookup, only IsActive (AccountSummaryOutputDto).
+        statuses = [PsaItem("active", "Active"), PsaItem("inactive", "Inactive")]
+        return {"types": types, "statuses": statuses}
+
+    def _accounts(self, search: str, type_ids: Sequence[str], status_ids: Sequence[str]) -> Iterator[PsaItem]:
+        params: dict[str, Any] = {}
+        if search.strip():
+            params["Filter.AccountName"] = search.strip()
+        wanted_types = set(_int_ids(type_ids, "account type"))
+        if len(wanted_types) == 1:
+            params["Filter.AccountTypeId"] = next(iter(wanted_types))
+        statuses = {s.strip().lower() for s in status_ids} & {"active", "inactive"}
+        if len(statuses) == 1:
+            params["Filter.IsActive"] = "true" if statuses == {"active"} else "false"
+        for row in self._pages("GET", "accounts/summary", params=params):
+            if wanted_types and _ci(row, "AccountTypeId") not in wanted_types:
+                continue
+            active = bool(_ci(row, "IsActive"))
+            if statuses and ("active" if active else "inactive") not in statuses:
+                continue
+            status = "Active" if active else "Inactive"
+            detail = " · ".join(p for p in (str(_ci(row, "AccountType") or ""), status) if p)
+            yield PsaItem(str(_ci(row, "Id")), str(_ci(row, "AccountName") or ""), detail)
+
+    def search_companies(self, search: str = "", *, type_ids: Sequence[str] = (), status_ids: Sequence[str] = (),
+                         limit: int = 50) -> list[PsaItem]:
+        found = []
+        for item in self._accounts(search, type_ids, status_ids):
+            found.append(item)
+            if len(found) >= limit:
+                break
+        return found
+
+    def list_companies(self, *, type_ids: Sequence[str] = (), status_ids: Sequence[str] = ()) -> list[PsaItem]:
+        return list(self._accounts("", type_ids, status_ids))
+
+    def list_agreements(self, company_id: str) -> list[Agreement]:
+        """Active Recurring Services contracts of an account: three calls.
+
+        The contracts lookup filters by account id but has no contract type; the contracts summary has
+        the type but filters by account *name* only (notes §3.3). So: the account's name, its active
+        contracts, and the types of that name's contracts, intersected by contract id.
+        """
+        account_id = _int_ids([company_id], "account")[0]
+        accounts = _ci(self._call("GET", "accounts/lookup", params={
+            "Filter.Ids": account_id, "Filter.WithInactiveAccounts": "true"}), "Result") or []
+        account = next((a for a in accounts if _ci(a, "Id") == account_id), None)
+        if account is None:
+            raise NotFound(f"Kaseya BMS has no account {account_id}.", status=404,
+                           hint="The account no longer exists in Kaseya BMS: pick another company.")
+        contracts = _ci(self._call("GET", "contracts/lookup", params={
+            "AccountId": account_id, "ExcludeExpiredContracts": "true"}), "Result") or []
+        active = {_ci(c, "Id"): c for c in contracts if _ci(c, "IsActive") is not False}
+        if not active:
+            return []
+        summaries = {}
+        for row in self._pages("GET", "contracts/summary", params={"Filter.AccountName": _ci(account, "Name")}):
+            summaries[_ci(row, "Id")] = row
+        agreements = []
+        for contract_id, contract in active.items():
+            summary = summaries.get(contract_id)
+            contract_type = str(_ci(summary, "ContractType") or "")
+            if RECURRING_CONTRACT not in contract_type.lower():
+                continue
+            end = str(_ci(contract, "EndDate") or _ci(summary, "EndDate") or "")[:10]
+            detail = contract_type + (f" · ends {end}" if end else "")
+            agreements.append(Agreement(str(contract_id), str(_ci(contract, "Name") or ""), str(account_id), detail))
+        return sorted(agreements, key=lambda a: a.name.lower())
+
+    def read_lines(self, agreement_ids: Iterable[str], on: dt.date) -> dict[str, list[Line]]:
+        """The service lines of many contracts, without Units (the V2 API cannot report them).
+
+        The V2 API has no "services of a contract" read (notes §3.4). The only documented read of
+        contract services is the related-services search, which is per *service* across all
+        contracts and returns ids, prices and effective dates but no Units. So the cost is per
+        service, not per contract: 1 contracts lookup per 100 contracts (does each still exist?),
+        the active services catalog (1 call per 100 services, reused for 5 minutes), then 1
+        related-services search per catalog service (filtered by contract name when reading one
+        contract, else paged over every contract using that service). Read many contracts at once.
+        Each Line has quantity=None: unknown, so a sync writes the absolute target.
+        """
+        wanted = _int_ids(dict.fromkeys(str(a) for a in agreement_ids), "contract")
+        result: dict[str, list[Line]] = {str(a): [] for a in wanted}
+        if not wanted:
+            return result
+        names = self._contract_names(wanted)
+        missing = [a for a in wanted if a not in names]
+        if missing:
+            raise NotFound(f"Kaseya BMS has no contract {', '.join(map(str, missing))}.", status=404,
+                           hint="The contract no longer exists in Kaseya BMS: edit the mapping.")
+        wanted_set = set(wanted)
+        flt = {"ContractName": names[wanted[0]]} if len(wanted) == 1 and names[wanted[0]] else {}
+        for service_id in self._catalog_by_id():
+            for row in self._pages("POST", "relatedservices/search", body={"Filter": flt},
+                                   path_args={"serviceId": service_id}):
+                contract_id = _ci(row, "ContractId")
+                if contract_id in wanted_set:
+                    result[str(contract_id)].append(self._line(row, contract_id, service_id))
+        return result
+
+    def _contract_names(self, contract_ids: list[int]) -> dict[int, str]:
+        names = {}
+        for chunk in _chunks(contract_ids, IDS_PER_QUERY):
+            rows = _ci(self._call("GET", "contracts/lookup", params={"Ids": chunk}), "Result") or []
+            names.update({_ci(r, "Id"): str(_ci(r, "Name") or "") for r in rows})
+        return names
+
+    @staticmethod
+    def _line(row: dict, contract_id: int, service_id: int) -> ContractServiceLine:
+        return ContractServiceLine(
+            agreement_id=str(contract_id),
+            product_id=str(_ci(row, "ServiceId") or service_id),
+            line_id=str(_ci(row, "Id")),
+            quantity=None,  # not in the API's answer (notes §3.2)
+            description=str(_ci(row, "ServiceDescription") or ""),
+            service_name=str(_ci(row, "ServiceName") or ""),
+            unit_cost=_ci(row, "UnitCost"),
+            unit_price=_ci(row, "UnitPrice"),
+            effective_date=str(_ci(row, "EffectiveDate") or ""),
+        )
+
+    def set_quantity(self, agreement_id: str, product_id: str, target: int, *, current: Line | None,
+                     options: WriteOptions) -> WriteResult:
+        contract_id = _int_ids([agreement_id], "contract")[0]
+        service_id = _int_ids([product_id], "service")[0]
+        if int(target) != target or target < 0:
+            raise ValidationFailed(f"Kaseya BMS takes whole, non-negative Units; {target} is not.")
+        if current is not None and not ASSUME_POST_REPLACES_UNITS:
+            raise ValidationFailed(
+                "Kaseya BMS's API cannot change the Units of a service already on a contract.",
+                hint="Change the Units in Kaseya BMS by hand, or remove the line so SeatSync can create it.",
+            )
+        if current is not None:
+            line = current if isinstance(current, ContractServiceLine) else self._find_line(contract_id, service_id)
+            if line is None:
+                raise NotFound(f"The service {service_id} is no longer on Kaseya BMS contract {contract_id}.",
+                               status=404, hint="The line was removed in Kaseya BMS: the next sync recreates it.")
+            fields = {"ServiceName": line.service_name, "ServiceDescription": line.description,
+                      "UnitCost": line.unit_cost, "UnitPrice": line.unit_price}
+        else:
+            service = (self._catalog or {}).get(service_id) or self._service(service_id)
+            fields = {"ServiceName": _ci(service, "Name"), "ServiceDescription": _ci(service, "Description"),
+                      "UnitCost": _ci(service, "UnitCost"), "UnitPrice": _ci(service, "UnitPrice")}
+        row = self._post_units(contract_id, service_id, int(target), options.effective_date, fields)
+        units = _ci(row, "Units")
+        after = ContractServiceLine(
+            agreement_id=str(contract_id), product_id=str(service_id),
+            line_id=str(_ci(row, "Id") or (current.line_id if current else "")),
+            quantity=float(units) if units is not None else float(target),
+            description=str(_ci(row, "Description") or fields["ServiceDescription"] or ""),
+            service_name=str(_ci(row, "ServiceName") or fields["ServiceName"] or ""),
+            unit_cost=_ci(row, "UnitCost", fields["UnitCost"]), unit_price=_ci(row, "UnitPrice", fields["UnitPrice"]),
+            effective_date=str(_ci(row, "EffectiveDate") or ""),
+        )
+        response = f"contract service {after.line_id}: Units {int(target)} from {options.effective_date:%Y-%m-%d}"
+        return WriteResult(line=after, action="updated" if current is not None else "created", response=response)
+
+    def _post_units(self, contract_id: int, service_id: int, units: int, effective: dt.date, fields: dict) -> dict:
+        """Post absolute Units for one service of a contract (notes §3.5).
+
+        Relies on ASSUME_POST_REPLACES_UNITS (notes §8.1): posting a service already on the contract
+        sets its Units from EffectiveDate, so a retry of this absolute write changes nothing more.
+        """
+        item = {"ServiceId": service_id, "Units": units, "EffectiveDate": f"{effective:%Y-%m-%d}T00:00:00"}
+        item.update({k: v for k, v in fields.items() if v is not None})
+        envelope = self._call("POST", "recurringservices/services", path_args={"contractId": contract_id},
+                              idempotent=ASSUME_POST_REPLACES_UNITS, json=[item])
+        result = _ci(envelope, "Result")
+        if isinstance(result, list):  # the body is an array; the spec says one object comes back
+            result = next((r for r in result if _ci(r, "ServiceId") == service_id), result[0] if result else {})
+        return result if isinstance(result, dict) else {}
+
+    def _find_line(self, contract_id: int, service_id: int) -> ContractServiceLine | None:
+        """The line of one service on one contract, for its prices, when the caller only has a plain Line."""
+        name = self._contract_names([contract_id]).get(contract_id)
+        if name is None:
+            raise NotFound(f"Kaseya BMS has no contract {contract_id}.", status=404,
+                           hint="The contract no longer exists in Kaseya BMS: edit the mapping.")
+        for row in self._pages("POST", "relatedservices/search", body={"Filter": {"ContractName": name}},
+                               path_args={"serviceId": service_id}):
+            if _ci(row, "ContractId") == contract_id:
+                return self._line(row, contract_id, service_id)
+        return None
+
+    def _service(self, service_id: int) -> dict:
+        return _ci(self._call("GET", "services/get", path_args={"serviceId": service_id}), "Result") or {}
+
+
+def _is_throttled(response: requests.Response) -> bool:
+    """Throttling is undocumented (notes §4): besides 429, a small Success=false body that says so."""
+    if response.status_code != 200 or len(response.content) > 4000 or b"uccess" not in response.content:
+        return False
+    text = response.content.lower()
+    return b"too many requests" in text or b"rate limit" in text
+
+
+__all__ = ["ASSUME_POST_REPLACES_UNITS", "ContractServiceLine", "KaseyaBmsClient", "api_host_for"]
