@@ -4,7 +4,8 @@ What is BMS-specific, and where it comes from (psa/kaseya_bms.md):
 - The API lives on its own host per region, `api.<ui host>` (§1): the admin types the UI host.
 - Auth is a JWT from `POST /v2/security/authenticate` (multipart form: GrantType, UserName, Password,
   Tenant = the company name), refreshed with `POST /v2/security/refreshtoken` before it expires (§2.1).
-  An expired token answers HTTP 401 "Security Error" code 978001; we log in again once.
+  An expired token answers HTTP 401 "Security Error" code 978001; we log in again once. With Redis,
+  the token is shared by every worker's client of the tenant (never the password), until it expires.
 - Every answer is an envelope `{Success, Error{Code,Message,...}, Result[, TotalRecords]}`; failures can
   come with HTTP 200 and Success=false (§0.5, §4). The spec is PascalCase, the wire camelCase (§0.6):
   every field is read through `_ci`, which ignores case.
@@ -22,6 +23,8 @@ What is BMS-specific, and where it comes from (psa/kaseya_bms.md):
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -247,6 +250,9 @@ class KaseyaBmsClient(PsaClient):
         self.company = str(credentials.get("company") or "").strip()
         self._password = str(credentials.get("password") or "")
         self._token: _Token | None = None
+        self._redis = redis
+        identity = f"{self.api_host}|{self.company.lower()}|{self.username.lower()}".encode()
+        self._token_key = f"seatsync:kaseya_bms:token:{hashlib.sha256(identity).hexdigest()[:32]}"
         self._base_url: str | None = None
         self._catalog: dict[int, dict] | None = None
         self._catalog_at = 0.0
@@ -336,9 +342,45 @@ class KaseyaBmsClient(PsaClient):
             expires_at = now + DEFAULT_TOKEN_LIFETIME
         margin = min(REFRESH_MARGIN, (expires_at - now) / 4)
         self._token = _Token(str(access), str(_ci(result, "RefreshToken") or ""), expires_at, margin)
+        self._share_token()
+
+    # Every worker's client of one tenant shares the token through Redis: a sync of many companies
+    # logs in once, not once per job (the login endpoint has its own 1,500 an hour).
+    def _share_token(self) -> None:
+        token = self._token
+        ttl = int(token.expires_at - token.margin - time.time()) if token else 0
+        if self._redis is None or ttl <= 0:
+            return
+        value = json.dumps({"access": token.access, "refresh": token.refresh, "expires_at": token.expires_at,
+                            "margin": token.margin})
+        self._redis.set(self._token_key, value, ex=ttl)
+
+    def _shared_token(self) -> _Token | None:
+        if self._redis is None:
+            return None
+        raw = self._redis.get(self._token_key)
+        if not raw:
+            return None
+        try:
+            data = json.loads(raw)
+            token = _Token(data["access"], data["refresh"], float(data["expires_at"]), float(data["margin"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+        return token if token.fresh() else None
+
+    def _drop_shared_token(self, refused: _Token) -> None:
+        if self._redis is None:
+            return
+        shared = self._shared_token()
+        if shared is not None and shared.access == refused.access:  # another worker may have replaced it
+            self._redis.delete(self._token_key)
 
     def _ensure_token(self) -> None:
         if self._token is not None and self._token.fresh():
+            return
+        shared = self._shared_token()
+        if shared is not None:
+            self._token = shared
             return
         if self._token is None or not self._refresh():
             self._authenticate()
@@ -373,7 +415,9 @@ class KaseyaBmsClient(PsaClient):
             expired = response.status_code == 401 or error_code == EXPIRED_TOKEN_CODE
             if expired and attempt == 1:
                 log.info("Kaseya BMS: token refused on %s; logging in again", endpoint)
+                self._drop_shared_token(self._token)
                 self._token = None  # a refused token is not refreshed: log in afresh
+                self._authenticate()
                 continue
             return self._check(response, body, endpoint)
         raise AssertionError("unreachable")

@@ -564,3 +564,33 @@ def test_limits_are_1500_an_hour_per_endpoint_without_a_concurrency_cap(sleeps):
     assert client.http.limiter.hourly_per_endpoint is True
     assert client.http.limiter.concurrency is None
     assert "Pa55" not in client.http.limiter.tenant_key
+
+
+def test_clients_of_the_same_tenant_share_one_login_through_redis(mocked, sleeps):
+    import fakeredis
+
+    redis = fakeredis.FakeRedis()
+    mocked.get(f"{BASE}/v2/system/accounttypes/lookup", json=envelope([]))
+    for _ in range(3):  # e.g. three per-company jobs on different workers
+        make_client("kaseya_bms", CREDS, redis=redis, config={"HTTP_SLEEP": sleeps.append}).company_scope_options()
+    assert sum(c.request.url.endswith("/authenticate") for c in mocked.calls) == 1
+    assert all(c.request.headers.get("Authorization") == f"Bearer {ACCESS}" for c in api_calls(mocked))
+    assert not any(PASSWORD.encode() in key for key in redis.scan_iter())
+
+
+def test_a_shared_token_refused_by_the_psa_is_replaced_by_a_new_login(mocked, sleeps):
+    import fakeredis
+
+    redis = fakeredis.FakeRedis()
+    url = f"{BASE}/v2/system/accounttypes/lookup"
+    mocked.get(url, json=envelope([]))
+    make_client("kaseya_bms", CREDS, redis=redis, config={"HTTP_SLEEP": sleeps.append}).company_scope_options()
+    mocked.replace(responses.POST, f"{BASE}/v2/security/authenticate", json=envelope(token(access="NEW.TOKEN.X")))
+    mocked.replace(responses.GET, url, status=401, json=envelope(success=False, code=978001))
+    mocked.add(responses.GET, url, json=envelope([]))
+    make_client("kaseya_bms", CREDS, redis=redis, config={"HTTP_SLEEP": sleeps.append}).company_scope_options()
+    assert mocked.calls[-1].request.headers["Authorization"] == "Bearer NEW.TOKEN.X"
+    third = make_client("kaseya_bms", CREDS, redis=redis, config={"HTTP_SLEEP": sleeps.append})
+    third.company_scope_options()
+    assert mocked.calls[-1].request.headers["Authorization"] == "Bearer NEW.TOKEN.X"
+    assert sum(c.request.url.endswith("/authenticate") for c in mocked.calls) == 2
