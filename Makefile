@@ -7,7 +7,8 @@ SIM_PORT ?= 8099
 export FLASK_APP := wsgi
 export SEATSYNC_INSTANCE ?= $(CURDIR)/instance
 # The embedded demo talks to the local PSA simulator, never to a real PSA.
-DEMO_ENV := PSA_DEV_HOSTS=127.0.0.1:$(SIM_PORT) AUTOTASK_ZONE_URL=http://127.0.0.1:$(SIM_PORT)/atservicesrest/v1.0/zoneInformation
+DEMO_ENV := PSA_DEV_HOSTS=127.0.0.1:$(SIM_PORT) CW_CLIENT_ID=seatsync-demo-client \
+  AUTOTASK_ZONE_URL=http://127.0.0.1:$(SIM_PORT)/atservicesrest/v1.0/zoneInformation
 
 .PHONY: setup assets run test lint bench clean
 
