@@ -8,6 +8,7 @@ import secrets
 
 from flask_login import UserMixin
 from sqlalchemy import ForeignKey, String
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -27,6 +28,8 @@ class User(UserMixin, db.Model):
     role: Mapped[str] = mapped_column(String(20), default="viewer")
     active: Mapped[bool] = mapped_column(default=True)
     oidc_subject: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # An admin who may still sign in with a password when the organisation disables local sign-in.
+    break_glass: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
     # Bumped to end every session of the user (deactivation, password reset).
     session_version: Mapped[int] = mapped_column(default=1)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
