@@ -42,13 +42,15 @@ class Line:
 
     `line_id` identifies the record to update (CW addition id, Autotask contract service id, BMS
     contract service id). `quantity` is what the PSA bills now (for Autotask: the units of the
-    ContractServiceUnits period that contains the billed date).
+    ContractServiceUnits period that contains the billed date). It is None where the API cannot
+    read it back (Kaseya BMS v2, see `quantity_readable`): the engine then writes the absolute
+    target unless SeatSync itself last wrote that same value.
     """
 
     agreement_id: str
     product_id: str
     line_id: str
-    quantity: float
+    quantity: float | None
     description: str = ""
 
 
@@ -146,6 +148,7 @@ class PsaClient(abc.ABC):
     # per endpoint. None = no documented limit.
     hourly_limit: ClassVar[int | None] = None
     concurrency_per_endpoint: ClassVar[int | None] = None
+    quantity_readable: ClassVar[bool] = True  # False: read_lines returns lines with quantity None
     credential_fields: ClassVar[tuple[CredentialField, ...]]
 
     @classmethod
