@@ -9,4 +9,12 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(auth.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(dashboard.bp)
+    from . import oidc
+
+    app.register_blueprint(oidc.bp)
+    from . import autotask, connectwise, integrations, kaseya_bms
+
+    app.register_blueprint(integrations.bp)
+    for psa in (connectwise, autotask, kaseya_bms):
+        app.register_blueprint(psa.bp)
     errors.register(app)
