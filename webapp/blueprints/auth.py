@@ -11,7 +11,7 @@ from wtforms import BooleanField, EmailField, PasswordField
 from wtforms.validators import DataRequired
 
 from ..extensions import db, limiter, login_manager
-from ..models import User
+from ..models import Organisation, User
 from ..models._types import utcnow
 from ..security import any_signed_in_user, public
 
@@ -21,6 +21,7 @@ login_manager.login_view = "auth.login"
 login_manager.session_protection = "strong"
 
 GENERIC_FAILURE = "Wrong e-mail or password."
+LOCAL_DISABLED = "Password sign-in is turned off for your account: use \"Sign in with SSO\"."
 
 
 class LoginForm(FlaskForm):
@@ -60,6 +61,10 @@ def login():
     if form.validate_on_submit():
         user = db.session.scalar(db.select(User).filter_by(email=form.email.data.strip().lower()))
         if user is not None and user.active and user.check_password(form.password.data):
+            if Organisation.get().local_login_disabled and not (user.break_glass and user.role == "admin"):
+                # Said only after the password matched, so it reveals nothing about who has an account.
+                flash(LOCAL_DISABLED, "error")
+                return render_template("auth/login.html", form=form), 403
             login_user(user, remember=form.remember.data)
             user.last_login_at = utcnow()
             db.session.commit()
