@@ -203,7 +203,7 @@ def _store(month: dt.date, frozen: bool, company_ids=None, now: dt.datetime | No
         return 0
     rows = query.add_columns(literal(month).label("month"), literal(frozen).label("frozen"),
                              literal(now, MonthlyCount.__table__.c.computed_at.type).label("computed_at"))
-    if not frozen:
+    if not frozen and month_is_frozen(month):
         # Frozen pairs keep their snapshot: only pairs without a frozen row get a live row.
         s = Seat.__table__.c
         rows = rows.where(~select(literal(1)).where(
