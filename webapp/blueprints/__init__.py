@@ -9,9 +9,10 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(auth.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(dashboard.bp)
-    from . import oidc
+    from . import oidc, users
 
     app.register_blueprint(oidc.bp)
+    app.register_blueprint(users.bp)
     from . import autotask, connectwise, integrations, kaseya_bms
 
     app.register_blueprint(integrations.bp)
