@@ -75,11 +75,14 @@ class EmbeddedWorker(threading.Thread):
         queue = self.app.extensions["queue"]
         cron = CronScheduler(connection=connection, name="embedded")
         register_cron(cron, queue.name)
+        cron.register_birth()  # so the operator's queue view lists it, as it lists the clock process
         worker = ThreadWorker([queue], connection=connection)
         while not self.stopping.is_set():
             try:
                 with self.app.app_context():
-                    cron.enqueue_jobs()
+                    if cron.enqueue_jobs():
+                        cron.save()
+                    cron.heartbeat()
                     worker.work(burst=True, with_scheduler=True, logging_level="WARNING")
             except Exception:  # the thread must outlive a bad job or a database hiccup
                 log.exception("embedded worker loop failed; continuing")
