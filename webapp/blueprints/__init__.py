@@ -9,10 +9,12 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(auth.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(dashboard.bp)
-    from . import oidc, users
+    from . import oidc, settings, system, users
 
     app.register_blueprint(oidc.bp)
     app.register_blueprint(users.bp)
+    app.register_blueprint(settings.bp)
+    app.register_blueprint(system.bp)
     from . import autotask, connectwise, integrations, kaseya_bms
 
     app.register_blueprint(integrations.bp)
