@@ -9,8 +9,9 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(auth.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(dashboard.bp)
-    from . import oidc, settings, system, users
+    from . import audit, oidc, settings, system, users
 
+    app.register_blueprint(audit.bp)
     app.register_blueprint(oidc.bp)
     app.register_blueprint(users.bp)
     app.register_blueprint(settings.bp)
