@@ -57,3 +57,146 @@ def test_a_full_sync_leaves_exactly_the_target_quantities_and_a_second_sync_writ
     assert statuses == {"in sync"}
     assert db.session.scalar(db.select(db.func.count(LineResult.id)).where(LineResult.run_id == second.id,
                                                                             LineResult.action != "none")) == 0
+
+
+def test_double_sync_now_pushes_each_company_once(psa_sim, rq_workers):
+    from webapp.sync import SyncUnavailable
+
+    world = build_world("connectwise", psa_sim, SEATS)
+    first = world.start()
+    with pytest.raises(SyncUnavailable, match="already running"):
+        world.start()
+    with pytest.raises(SyncUnavailable, match="already syncing"):
+        world.start(trigger="row", company_mapping=world.mappings["Acme Dental"])
+    rq_workers.start(2)
+    assert wait_for_run(first.id).state == "finished", rq_workers.output()
+    posts = [r for r in psa_writes(psa_sim, "connectwise") if r["method"] == "POST"]
+    assert len(posts) == 3  # Acme Dental EB, Bluebird PM, Delta EB: created once each
+    assert {k: v for k, v in world.quantities().items() if k in SEATS} == expected()
+
+
+def adjustments_per_line(sim):
+    changes = {}
+    for a in sim.data("autotask")["adjustments"]:
+        changes.setdefault((a["contractID"], a["serviceID"]), []).append(a["unitChange"])
+    return changes
+
+
+def test_a_row_sync_or_the_schedule_during_a_full_sync_never_double_counts_an_autotask_delta(psa_sim, rq_workers):
+    from webapp.sync import SyncUnavailable
+
+    world = build_world("autotask", psa_sim, SEATS)
+    run = world.start()
+    with pytest.raises(SyncUnavailable, match="already syncing"):
+        world.start(trigger="row", company_mapping=world.mappings["Cedar Law Group"])
+    with pytest.raises(SyncUnavailable, match="already running"):
+        world.start(trigger="schedule")
+    rq_workers.start(2)
+    assert wait_for_run(run.id).state == "finished", rq_workers.output()
+    assert {k: v for k, v in world.quantities().items() if k in SEATS} == expected()
+    assert all(len(v) == 1 for v in adjustments_per_line(psa_sim).values())
+    # Once the run is over, the row sync is available again and writes nothing.
+    again = wait_for_run(world.start(trigger="row", company_mapping=world.mappings["Cedar Law Group"]).id)
+    assert again.state == "finished" and again.in_sync == 1
+    assert all(len(v) == 1 for v in adjustments_per_line(psa_sim).values())
+
+
+def test_a_disabled_integration_sends_no_request_at_all(psa_sim, rq_workers):
+    from webapp.sync import SyncUnavailable
+
+    world = build_world("autotask", psa_sim, SEATS)
+    run = world.start()  # queued while enabled, then disabled before any worker took it
+    world.integration.enabled = False
+    db.session.commit()
+    with pytest.raises(SyncUnavailable, match="disabled"):
+        world.start()
+    psa_sim.clear_log()
+    rq_workers.start(1)
+    run = wait_for_run(run.id)
+    assert psa_sim.requests("autotask") == []
+    assert set(db.session.scalars(db.select(CompanyMapping.status))) == {"disabled"}
+
+
+def test_a_401_marks_the_credentials_failing_and_stops_the_run(psa_sim, rq_workers):
+    from psa_sim.seed import SIM_CREDENTIALS
+    from webapp.connections import save_credentials
+    from webapp.sync import SyncUnavailable
+
+    world = build_world("connectwise", psa_sim, SEATS)
+    save_credentials(world.integration, {**SIM_CREDENTIALS["connectwise"], "site": psa_sim.host,
+                                         "private_key": "revoked"})
+    db.session.commit()
+    rq_workers.start(2)
+    run = wait_for_run(world.start().id)
+    db.session.refresh(world.integration)
+    assert run.state == "failed" and "credentials" in run.message
+    assert world.integration.credentials_status == "failing"
+    assert run.errors == run.total == len(world.mappings)
+    assert psa_writes(psa_sim, "connectwise") == []
+    hints = set(db.session.scalars(db.select(LineResult.hint).filter_by(run_id=run.id)))
+    assert any("re-enter" in h for h in hints)
+    with pytest.raises(SyncUnavailable, match="rejected"):
+        world.start()
+
+
+@pytest.mark.parametrize("kind", ["connectwise", "autotask"])
+def test_error_storms_end_with_the_right_quantities(kind, psa_sim, rq_workers):
+    world = build_world(kind, psa_sim, SEATS)
+    rules = [
+        {"psa": kind, "status": 429, "retry_after": 0.2, "times": 3},
+        {"psa": kind, "method": "GET", "status": 502, "times": 2},
+        {"psa": kind, "method": "PATCH", "status": 503, "times": 2},
+    ]
+    if kind == "autotask":
+        rules = [
+            {"psa": kind, "status": 429, "retry_after": 0.2, "times": 3},
+            {"psa": kind, "path_contains": "/query", "status": 503, "times": 2},
+            {"psa": kind, "path_contains": "ContractServiceAdjustments", "status": 500, "kind": "thread_limit",
+             "times": 3},
+        ]
+    psa_sim.faults(rules=rules)
+    rq_workers.start(2)
+    run = wait_for_run(world.start().id, timeout=60)
+    assert run.state == "finished" and run.errors == 0, rq_workers.output()[-3000:]
+    assert {k: v for k, v in world.quantities().items() if k in SEATS} == expected()
+    if kind == "autotask":
+        assert all(len(v) == 1 for v in adjustments_per_line(psa_sim).values())
+
+
+def test_a_worker_killed_mid_autotask_run_leaves_work_the_next_worker_finishes_without_double_counting(
+        psa_sim, rq_workers):
+    import time
+
+    from tests.fixtures.workers import LEASE_SECONDS
+    from webapp.models import PushIntent
+    from webapp.sync.jobs import sweep_stale_runs
+    from webapp.sync.push import utcnow
+
+    # Lines that exist already (7, 9 and 11 units), so the first write is a bare delta.
+    seats = {("Cedar Law Group", PM): 3, ("Evergreen Clinic", PM): 2, ("Granite Accounting", PM): 12}
+    world = build_world("autotask", psa_sim, seats, companies=[name for name, _ in seats])
+    psa_sim.faults(latency_ms=400)  # the sim applies a request after its latency, even if the caller died
+    run = world.start()
+    (victim,) = rq_workers.start(1, SEATSYNC_SYNC_BATCH="2")
+    deadline = time.monotonic() + 30
+    while not db.session.scalar(db.select(db.func.count(PushIntent.id)).filter_by(state="pending")):
+        assert time.monotonic() < deadline, rq_workers.output()
+        db.session.rollback()
+        time.sleep(0.02)
+    rq_workers.kill(victim)  # a delta is in flight: the PSA applies it, SeatSync never hears back
+    time.sleep(0.6)
+    psa_sim.faults(latency_ms=0)
+    db.session.rollback()
+    assert db.session.get(type(run), run.id).state == "running"
+
+    rq_workers.start(1)
+    time.sleep(LEASE_SECONDS + 0.5)  # the dead worker's leases expire
+    assert sweep_stale_runs(utcnow()) > 0
+    finished = wait_for_run(run.id)
+    assert finished.state == "finished" and finished.errors == 0, rq_workers.output()[-3000:]
+    assert finished.done == finished.total == len(world.mappings)
+    assert world.quantities() == {k: [float(v)] for k, v in seats.items()}
+    assert all(len(v) == 1 for v in adjustments_per_line(psa_sim).values()), adjustments_per_line(psa_sim)
+    assert not db.session.scalar(db.select(db.func.count(PushIntent.id)).filter_by(state="pending"))
+    completed = db.session.scalars(db.select(LineResult).where(LineResult.message.like("completed%"))).all()
+    assert len(completed) == 1 and completed[0].action == "updated"
