@@ -4,3 +4,5 @@ document.addEventListener("htmx:afterSwap", (event) => {
   const autofocus = event.detail.target.querySelector("[autofocus]");
   if (autofocus) autofocus.focus();
 });
+// Lets CSS hide the buttons only a browser without JavaScript needs (e.g. "Search" in the mapping editor).
+document.documentElement.classList.add("js");
