@@ -104,6 +104,7 @@ def test_the_page_shows_credentials_waiting_for_key_rotation_and_the_cli_rotates
     integration = _integration_with_old_key(app)
     page = client.get("/settings").text
     assert "rotation pending" in page and "0 of 1 credential sets use the current key" in page
+    assert "2 keys configured in ENCRYPTION_KEY" in page
     result = runner.invoke(args=["rotate-encryption-key"])
     assert result.exit_code == 0, result.output
     assert "Re-encrypted 1 of 1" in result.output

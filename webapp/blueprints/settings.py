@@ -30,7 +30,7 @@ def encryption_status() -> dict:
     tokens = db.session.scalars(db.select(Integration.credentials_encrypted)
                                 .where(Integration.credentials_encrypted.is_not(None))).all()
     current = sum(1 for token in tokens if crypto.is_current(token))
-    return {"keys": len(current_app.config["ENCRYPTION_KEYS"]), "total": len(tokens), "current": current}
+    return {"key_count": len(current_app.config["ENCRYPTION_KEYS"]), "total": len(tokens), "current": current}
 
 
 def rotate_all_credentials() -> tuple[int, int]:
