@@ -21,4 +21,11 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(integrations.bp)
     for psa in (connectwise, autotask, kaseya_bms):
         app.register_blueprint(psa.bp)
+    from . import api, seats
+
+    app.register_blueprint(seats.bp)
+    app.register_blueprint(api.bp)
+    from . import runs
+
+    app.register_blueprint(runs.bp)
     errors.register(app)
