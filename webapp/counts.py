@@ -185,6 +185,40 @@ def target_counts(month: dt.date, company_ids=None, product_ids=None, now: dt.da
     return targets
 
 
+def stored_targets(month: dt.date) -> dict[Pair, int]:
+    """Targets of every company for a month, read from the stored counts (snapshot or the live rows
+    the job keeps) when there are any, else computed. For whole-organisation tables and exports."""
+    month = month_start(month)
+    rows = {(c, p): n for c, p, n in db.session.execute(
+        select(MonthlyCount.company_id, MonthlyCount.product_id, MonthlyCount.count)
+        .where(MonthlyCount.month == month))}
+    if not rows:
+        return target_counts(month)
+    for pair, override in overrides_for(month).items():
+        rows[pair] = override.count
+    return rows
+
+
+def month_table(months: list[dt.date], company_ids=None) -> dict[Pair, dict[dt.date, int]]:
+    """{(company, product): {month: target}} — exact for a list of companies, stored for all of them."""
+    table: dict[Pair, dict[dt.date, int]] = {}
+    for month in months:
+        values = target_counts(month, company_ids) if company_ids is not None else stored_targets(month)
+        for pair, n in values.items():
+            table.setdefault(pair, {})[month] = n
+    return table
+
+
+def month_totals(months: list[dt.date]) -> dict[int, dict[dt.date, int]]:
+    """{product: {month: total over all companies}}."""
+    totals: dict[int, dict[dt.date, int]] = {}
+    for month in months:
+        for (_company, product), n in stored_targets(month).items():
+            bucket = totals.setdefault(product, {})
+            bucket[month] = bucket.get(month, 0) + n
+    return totals
+
+
 # --- storing: live counts and snapshots -----------------------------------------------------------
 
 
