@@ -1,0 +1,149 @@
+"""Sync runs: history, a run's companies and lines, review before push, CSV export.
+
+Pages read only the database (SyncRun, LineResult, CompanyMapping); a running run's progress is a
+partial that polls itself and stops once the run has ended.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from sqlalchemy import func, select
+
+from .. import audit
+from ..extensions import db, htmx
+from ..models import Company, CompanyMapping, LineResult, Product, SyncRun
+from ..queue import enqueue
+
+bp = Blueprint("runs", __name__, url_prefix="/runs")
+
+PER_PAGE = 50
+ACTIVE = ("queued", "running")
+CSV_COLUMNS = ("company", "agreement", "product", "psa_product_id", "line_id", "before", "target", "after",
+               "action", "changed_in_psa", "message", "http_status", "hint", "psa_response", "at")
+
+
+def _run_or_404(run_id: int) -> SyncRun:
+    run = db.session.get(SyncRun, run_id)
+    if run is None:
+        abort(404)
+    return run
+
+
+@bp.get("/")
+def index():
+    page = max(1, request.args.get("page", 1, type=int))
+    query = select(SyncRun).order_by(SyncRun.created_at.desc(), SyncRun.id.desc())
+    runs = db.session.scalars(query.offset((page - 1) * PER_PAGE).limit(PER_PAGE + 1)).all()
+    return render_template("runs/index.html", runs=runs[:PER_PAGE], page=page, has_next=len(runs) > PER_PAGE)
+
+
+def _companies(run: SyncRun, status: str = ""):
+    """Per company of the run: its mapping, and its line results in this run."""
+    rows = db.session.execute(
+        select(LineResult, Company.name, Product.name)
+        .join(CompanyMapping, CompanyMapping.id == LineResult.company_mapping_id)
+        .join(Company, Company.id == CompanyMapping.company_id)
+        .outerjoin(Product, Product.id == LineResult.product_id)
+        .where(LineResult.run_id == run.id)
+        .order_by(Company.name, LineResult.id)
+    ).all()
+    companies: dict[int, dict] = {}
+    for line, company_name, product_name in rows:
+        entry = companies.setdefault(line.company_mapping_id, {"name": company_name, "lines": [], "mapping_id":
+                                                               line.company_mapping_id})
+        entry["lines"].append((line, product_name))
+    return list(companies.values())
+
+
+@bp.get("/<int:run_id>")
+def detail(run_id: int):
+    run = _run_or_404(run_id)
+    if htmx and request.args.get("part") == "progress":
+        return render_template("runs/_progress.html", run=run)
+    company = request.args.get("company", type=int)
+    companies = _companies(run)
+    if company:
+        companies = [c for c in companies if c["mapping_id"] == company]
+    planned = sum(1 for c in companies for line, _ in c["lines"] if line.action == "planned")
+    return render_template("runs/detail.html", run=run, companies=companies, planned=planned, company=company)
+
+
+@bp.post("/<int:run_id>/review")
+def review(run_id: int):
+    """Approve or dismiss planned changes: the ticked ones, or all of them."""
+    from ..sync.push import maybe_finish, settle_mapping
+
+    run = _run_or_404(run_id)
+    decision = request.form.get("decision")
+    if decision not in ("approve", "dismiss"):
+        abort(400)
+    query = select(LineResult).where(LineResult.run_id == run.id, LineResult.action == "planned")
+    if request.values.get("scope") != "all":
+        ids = [int(i) for i in request.form.getlist("line") if i.isdigit()]
+        query = query.where(LineResult.id.in_(ids))
+    lines = db.session.scalars(query).all()
+    if not lines:
+        flash("Nothing to review: tick at least one planned change.", "warning")
+        return redirect(url_for(".detail", run_id=run.id))
+    for line in lines:
+        line.action = "approved" if decision == "approve" else "dismissed"
+    audit.record(f"sync.review.{decision}", f"run {run.id}",
+                 f"{decision.title()}d {len(lines)} planned change(s) of sync run {run.id}",
+                 after={"lines": [line.id for line in lines]})
+    if run.state == "awaiting_review":
+        run.state = "running"
+    db.session.commit()
+    if decision == "approve":
+        from ..sync.push import push_approved
+
+        enqueue(push_approved, run.id, [line.id for line in lines], job_timeout=3600)
+        flash(f"{len(lines)} change(s) approved; they are being pushed now.", "success")
+    else:
+        for mapping_id in {line.company_mapping_id for line in lines}:
+            settle_mapping(run.id, mapping_id)
+        maybe_finish(run.id)
+        flash(f"{len(lines)} change(s) dismissed; nothing was sent for them.", "success")
+    return redirect(url_for(".detail", run_id=run.id))
+
+
+@bp.get("/<int:run_id>.csv")
+def export(run_id: int):
+    run = _run_or_404(run_id)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for company in _companies(run):
+        for line, product_name in company["lines"]:
+            writer.writerow([_cell(v) for v in (
+                company["name"], line.agreement_id, product_name or "", line.psa_product_id, line.line_id or "",
+                _num(line.before), line.target if line.target is not None else "", _num(line.after), line.action,
+                "yes" if line.changed_in_psa else "", line.message, line.http_status or "", line.hint,
+                line.psa_response, line.created_at.isoformat() if line.created_at else "",
+            )])
+    return Response(out.getvalue(), mimetype="text/csv",
+                    headers={"Content-Disposition": f"attachment; filename=sync-run-{run.id}.csv"})
+
+
+def _num(value) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def _cell(value) -> str:
+    """Neutralise spreadsheet formulas in PSA- or user-supplied text (CSV injection)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@") and not _is_number(text) else text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def run_stats() -> dict:
+    return {"active": db.session.scalar(select(func.count(SyncRun.id)).where(SyncRun.state.in_(ACTIVE)))}
