@@ -78,6 +78,10 @@ def seed_demo_data(rng_seed: int = 42) -> dict[str, int]:
 
 
 def register_cli(app: Flask) -> None:
+    from .sync.cli import register_sync_cli
+
+    register_sync_cli(app)
+
     @app.cli.command("create-admin")
     @click.argument("email")
     @click.option("--password", help="Password to set (default: a generated one, printed once).")
