@@ -32,6 +32,9 @@ def init_queue(app: Flask) -> None:
     app.extensions["redis"] = connection
     app.extensions["queue"] = Queue(app.config["QUEUE_NAME"], connection=connection)
     app.extensions["embedded_worker"] = None
+    # Embedded mode: the serving process starts the worker thread (and with it the cron tick) on
+    # its first request, so one-shot CLI commands such as `flask db upgrade` never start one.
+    app.before_request(lambda: ensure_embedded_worker(app))
 
 
 def get_redis() -> Redis:
