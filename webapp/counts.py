@@ -210,10 +210,28 @@ def month_table(months: list[dt.date], company_ids=None) -> dict[Pair, dict[dt.d
 
 
 def month_totals(months: list[dt.date]) -> dict[int, dict[dt.date, int]]:
-    """{product: {month: total over all companies}}."""
+    """{product: {month: total over all companies}}, summed in SQL from the stored counts; a month with
+    nothing stored (history from before SeatSync froze months) is computed."""
+    months = [month_start(m) for m in months]
     totals: dict[int, dict[dt.date, int]] = {}
+    stored_months = set()
+    for month, product, total in db.session.execute(
+            select(MonthlyCount.month, MonthlyCount.product_id, func.sum(MonthlyCount.count))
+            .where(MonthlyCount.month.in_(months)).group_by(MonthlyCount.month, MonthlyCount.product_id)):
+        totals.setdefault(product, {})[month] = int(total or 0)
+        stored_months.add(month)
+    overrides = db.session.scalars(select(CountOverride).where(CountOverride.month.in_(stored_months))).all() \
+        if stored_months else []
+    for override in overrides:
+        stored = db.session.scalar(select(MonthlyCount.count).where(
+            MonthlyCount.company_id == override.company_id, MonthlyCount.product_id == override.product_id,
+            MonthlyCount.month == override.month)) or 0
+        bucket = totals.setdefault(override.product_id, {})
+        bucket[override.month] = bucket.get(override.month, 0) + override.count - stored
     for month in months:
-        for (_company, product), n in stored_targets(month).items():
+        if month in stored_months:
+            continue
+        for (_company, product), n in target_counts(month).items():
             bucket = totals.setdefault(product, {})
             bucket[month] = bucket.get(month, 0) + n
     return totals
