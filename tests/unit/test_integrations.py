@@ -229,10 +229,10 @@ def test_the_schedule_shows_the_next_run_in_the_organisations_time_zone(psa_app,
         "weekly", 4, dt.time(23, 30))
     # Thursday 2025-03-06 23:00 UTC is Friday 00:00 in Paris: the next run is that Friday 23:30 Paris time.
     upcoming = next_run(integration, dt.datetime(2025, 3, 6, 23, 0, tzinfo=dt.UTC))
-    assert upcoming.isoformat() == "2025-03-07T23:30:00+01:00"
+    assert upcoming == dt.datetime.fromisoformat("2025-03-07T23:30:00+01:00")
     integration.schedule_kind = "daily"
     upcoming = next_run(integration, dt.datetime(2025, 3, 7, 23, 0, tzinfo=dt.UTC))  # 00:00 on the 8th in Paris
-    assert upcoming.isoformat() == "2025-03-08T23:30:00+01:00"
+    assert upcoming == dt.datetime.fromisoformat("2025-03-08T23:30:00+01:00")
 
 
 def test_keep_history_is_offered_for_connectwise_only(psa_app, psa_sim, client, login_as):
@@ -335,7 +335,8 @@ def test_suggest_matches_proposes_exact_names_skips_ambiguous_and_never_overwrit
     client.post("/integrations/autotask/companies/suggest", data=form)
     mappings = {m.company.name: m for m in db.session.scalars(db.select(CompanyMapping))}
     assert mappings["Acme Dental"].psa_company_name == "Kept"
-    assert mappings["Bluebird Logistics"].is_mapped and "Managed Services" in mappings["Bluebird Logistics"].agreement_name
+    bluebird = mappings["Bluebird Logistics"]
+    assert bluebird.is_mapped and "Managed Services" in bluebird.agreement_name
     assert "Evergreen Clinic" not in mappings
 
 

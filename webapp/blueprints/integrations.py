@@ -33,6 +33,9 @@ from ..models._types import utcnow
 from ..psa_clients import PSA_KINDS, PsaError, ValidationFailed, client_class
 from ..queue import get_redis
 from ..security import admin_only
+from ..sync import SyncUnavailable, unavailable_reason
+from ..sync import start_sync as engine_start_sync
+from ..sync.schedule import next_slot
 from ..templating import org_zone
 
 bp = Blueprint("integrations", __name__, url_prefix="/integrations")
@@ -142,51 +145,26 @@ def scope_filter(integration: Integration) -> dict[str, list[str]]:
 
 
 def next_run(integration: Integration, now: dt.datetime | None = None) -> dt.datetime | None:
-    """The next scheduled sync, in the organisation's time zone (None: no schedule)."""
-    if integration.schedule_kind not in ("daily", "weekly"):
-        return None
-    zone = org_zone()
-    local_now = (now or utcnow()).astimezone(zone)
-    at = integration.schedule_time or dt.time(2, 0)
-    day = local_now.date()
-    step = 1
-    if integration.schedule_kind == "weekly":
-        day += dt.timedelta(days=(integration.schedule_weekday - day.weekday()) % 7)
-        step = 7
-    candidate = dt.datetime.combine(day, at, tzinfo=zone)
-    while candidate <= local_now:
-        day += dt.timedelta(days=step)
-        candidate = dt.datetime.combine(day, at, tzinfo=zone)
-    return candidate
+    """The next slot of the schedule, shown even while disabled (the page says it will be skipped)."""
+    return next_slot(integration.schedule_kind, integration.schedule_time or dt.time(2, 0),
+                     integration.schedule_weekday, org_zone(), now or utcnow())
 
 
 def sync_blocker(integration: Integration) -> str | None:
-    """Why Sync now cannot run, in words for the button's explanation (None: it can)."""
-    name = display_name(integration.kind)
-    if not integration.has_credentials:
-        return f"Authenticate with {name} first."
-    if not integration.enabled:
-        return f"The integration is disabled: SeatSync sends nothing to {name}. Enable it to sync."
-    if integration.credentials_status == "failing":
-        return f"{name} rejected the saved credentials: re-enter them and click Authenticate."
-    return None
+    """Why Sync now cannot run, shown next to the disabled button (None: it can)."""
+    return unavailable_reason(integration)
 
 
 def start_sync(integration: Integration, trigger: str, mapping: CompanyMapping | None = None):
     """(run, None) or (None, the reason it cannot start). The engine decides; we only show its reason."""
     try:
-        from ..sync import SyncUnavailable
-        from ..sync import start_sync as engine_start
-    except ImportError:
-        return None, "The sync engine is not available in this installation yet."
-    try:
-        run = engine_start(integration, trigger=trigger, user=current_user._get_current_object(),
-                           company_mapping=mapping)
+        run = engine_start_sync(integration, trigger=trigger, user=current_user._get_current_object(),
+                                company_mapping=mapping)
     except SyncUnavailable as exc:
         db.session.rollback()
-        return None, str(exc)
+        return None, exc.reason
     target = mapping.company.name if mapping is not None else "all companies"
-    audit.record("sync.requested", f"{integration.kind}", f"Sync now for {target}")
+    audit.record("sync.requested", integration.kind, f"Sync now for {target}")
     db.session.commit()
     return run, None
 
@@ -446,7 +424,7 @@ def product_options(kind: str):
     try:
         options = psa_products(integration, explicit=True) or []
     except PsaError as exc:
-        return render_template("integrations/_psa_error.html", error=exc)
+        return render_template("integrations/_psa_error_option.html", error=exc)
     shown = [o for o in options if not search or search in o["name"].lower() or search in o["detail"].lower()
              or o["id"] == selected]
     return render_template("integrations/_product_options.html", options=shown, selected=selected,
@@ -659,7 +637,7 @@ def psa_company_options(kind: str, company_id: int):
     try:
         items = _psa_companies(integration, request.args.get("q", ""))
     except PsaError as exc:
-        return render_template("integrations/_psa_error.html", error=exc)
+        return render_template("integrations/_psa_error_option.html", error=exc)
     return render_template("integrations/_psa_company_options.html", psa_companies=items, chosen_id=chosen_id,
                            chosen_name="", **_context(integration))
 
@@ -672,7 +650,7 @@ def agreement_options(kind: str, company_id: int):
         if chosen_id:
             agreements = _agreements(integration, chosen_id)
     except PsaError as exc:
-        return render_template("integrations/_psa_error.html", error=exc)
+        return render_template("integrations/_psa_error_option.html", error=exc)
     return render_template("integrations/_agreement_options.html", agreements=agreements, chosen_agreement="",
                            **_context(integration))
 
