@@ -37,7 +37,7 @@ from .push import (
 log = logging.getLogger(__name__)
 
 JOB_TIMEOUT = 3600
-DEFAULT_BATCH = 50
+DEFAULT_BATCH = 20
 
 
 def batch_size(kind: str) -> int:

@@ -1,0 +1,198 @@
+"""A full sync of 1,000 company mappings × 3 products per PSA, against the simulator at 50 ms per call.
+
+Run: `.venv/bin/python -m bench.sync [--companies 1000] [--latency-ms 50] [--workers 3] [--psa autotask ...]`
+(PostgreSQL at BENCH_PG_ADMIN_URL, Redis at BENCH_REDIS_URL, default db 12). It starts the simulator
+in this process, builds a throwaway database with the migrations, maps every simulated customer,
+sets the targets by count overrides, runs `python worker.py` processes and one sync per PSA, and prints:
+- PSA calls made vs the minimum needed (one read per agreement where the API cannot batch — ConnectWise —
+  or the batched reads, plus one write per line whose quantity differs);
+- wall time vs the bound: minimum calls × latency ÷ the PSA's allowed concurrency;
+- the workers' peak RSS (VmHWM).
+Targets (PRODUCT.md §7): calls ≤ 1.1 × minimum, wall ≤ 1.25 × bound, RSS ≤ 150 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import redis as redis_lib
+from werkzeug.serving import make_server
+
+ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+ROOT = Path(__file__).resolve().parents[1]
+HOST_FIELD = {"connectwise": "site", "kaseya_bms": "hostname", "autotask": None}
+KEY = "bWFkZS11cC1rZXktZm9yLXRlc3RzLW9ubHktMzJieXQ="
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--companies", type=int, default=1000)
+    parser.add_argument("--latency-ms", type=float, default=50)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--psa", action="append", choices=["connectwise", "autotask", "kaseya_bms"])
+    args = parser.parse_args()
+    kinds = args.psa or ["connectwise", "autotask", "kaseya_bms"]
+
+    from psa_sim.seed import SIM_CREDENTIALS
+    from psa_sim.server import create_sim_app
+
+    sim_app = create_sim_app(seed=None)
+    server = make_server("127.0.0.1", 0, sim_app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_port}"
+    state = sim_app.extensions["psa_sim"]
+    import psa_sim.seed as seeding
+
+    seeding.seed_all(state, args.companies)
+
+    name = f"seatsync_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    database_url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    redis = redis_lib.Redis.from_url(REDIS_URL)
+    redis.flushdb()
+    instance = tempfile.mkdtemp(prefix="seatsync-bench-")
+    environ = {
+        "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "QUEUE_NAME": f"bench-{uuid.uuid4().hex[:6]}",
+        "SECRET_KEY": "bench", "ENCRYPTION_KEY": KEY, "SEATSYNC_INSTANCE": instance, "PSA_DEV_HOSTS": host,
+        "AUTOTASK_ZONE_URL": f"http://{host}/atservicesrest/v1.0/zoneInformation", "CW_CLIENT_ID": "bench",
+        "SEATSYNC_EMBEDDED_WORKER": "0",
+    }
+    workers: list[subprocess.Popen] = []
+    try:
+        from flask_migrate import upgrade
+
+        from webapp import create_app
+        from webapp.connections import client_for, get_integration, save_credentials
+        from webapp.counts import push_month
+        from webapp.extensions import db
+        from webapp.models import Company, CompanyMapping, CountOverride, Product, ProductMapping, SyncRun
+        from webapp.sync import start_sync
+        from webapp.sync.plan import billed_month_start
+
+        app = create_app(environ=environ)
+        with app.app_context():
+            upgrade()
+            rng = random.Random(11)
+            products = [Product(name=n) for n in seeding.DEMO_PRODUCTS[:3]]
+            companies = [Company(name=f"Customer {i:05d}", external_id=f"c{i}") for i in range(args.companies)]
+            db.session.add_all(products + companies)
+            db.session.flush()
+            month = push_month("last_closed_month", dt.datetime.now(dt.UTC))
+            db.session.add_all(CountOverride(company_id=c.id, product_id=p.id, month=month, count=rng.randint(0, 60),
+                                             note="bench") for c in companies for p in products)
+            db.session.commit()
+            print(f"{args.companies} companies × 3 products, simulator latency {args.latency_ms:g} ms, "
+                  f"{args.workers} worker processes")
+            for kind in kinds:
+                integration = get_integration(kind)
+                values = dict(SIM_CREDENTIALS[kind])
+                if HOST_FIELD[kind]:
+                    values[HOST_FIELD[kind]] = host
+                save_credentials(integration, values)
+                integration.enabled, integration.credentials_status = True, "ok"
+                db.session.commit()
+                client = client_for(integration)
+                psa_products = {p.name: p.id for p in client.list_products()}
+                for product in products:
+                    db.session.add(ProductMapping(integration_id=integration.id, product_id=product.id,
+                                                  psa_product_id=psa_products[product.name]))
+                psa_companies = {c.name: c.id for c in client.list_companies()}
+                for company in companies:
+                    agreement = client.list_agreements(psa_companies[company.name])[0]
+                    db.session.add(CompanyMapping(integration_id=integration.id, company_id=company.id,
+                                                  psa_company_id=psa_companies[company.name],
+                                                  agreement_id=agreement.id))
+                db.session.commit()
+                # The minimum: what a perfect engine must write, from the lines as they are now.
+                mappings = db.session.scalars(db.select(CompanyMapping).filter_by(integration_id=integration.id)).all()
+                on = billed_month_start(dt.datetime.now(dt.UTC), "UTC")
+                lines = client.read_lines([m.agreement_id for m in mappings], on)
+                targets = {(o.company_id, o.product_id): o.count for o in db.session.scalars(db.select(CountOverride))}
+                by_psa = {psa_products[p.name]: p.id for p in products}
+                writes = 0
+                for m in mappings:
+                    held = {line.product_id: line.quantity for line in lines[m.agreement_id]}
+                    for psa_id, pid in by_psa.items():
+                        target = targets.get((m.company_id, pid), 0)
+                        if psa_id in held:
+                            writes += held[psa_id] is None or held[psa_id] != target
+                        else:
+                            writes += target > 0
+                concurrency = client.concurrency_per_endpoint or args.workers
+                if kind == "connectwise":
+                    reads = len(mappings)
+                elif kind == "autotask":
+                    reads = 2 * math.ceil(len(mappings) / 500)
+                else:
+                    reads = math.ceil(len(mappings) / 100) * 2
+                minimum = reads + writes
+
+                state.log.clear()
+                state.latency_ms = args.latency_ms
+                env = {**os.environ, **environ}
+                workers = [subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=env,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           for _ in range(args.workers)]
+                time.sleep(2)  # workers up before the clock starts
+                started = time.monotonic()
+                run = start_sync(integration, trigger="cli")
+                while True:
+                    db.session.rollback()
+                    current = db.session.get(SyncRun, run.id)
+                    if current.state not in ("queued", "running"):
+                        break
+                    time.sleep(0.2)
+                wall = time.monotonic() - started
+                rss = max(peak_rss_mb(w.pid) for w in workers)
+                for w in workers:
+                    w.send_signal(signal.SIGKILL)
+                    w.wait()
+                state.latency_ms = 0
+                calls = len([r for r in state.log if r["psa"] == kind])
+                bound = minimum * args.latency_ms / 1000 / concurrency
+                print(f"\n{kind}: run {current.state}: {current.in_sync} in sync, {current.updated} updated, "
+                      f"{current.needs_attention} need attention, {current.errors} errors")
+                print(f"  PSA calls {calls} vs minimum {minimum} ({reads} reads + {writes} writes): "
+                      f"{calls / minimum:.2f}× (target ≤ 1.1×)")
+                print(f"  wall {wall:.1f} s vs bound {bound:.1f} s ({minimum} × {args.latency_ms:g} ms ÷ "
+                      f"{concurrency}): {wall / bound:.2f}× (target ≤ 1.25×)")
+                print(f"  worker peak RSS {rss:.0f} MB (target ≤ 150 MB)")
+            db.session.remove()
+            db.engine.dispose()
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+        server.shutdown()
+        redis.flushdb()
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
