@@ -66,6 +66,10 @@ class PsaWords:
     product_help: str = ""
     keep_history: bool = False  # the PSA can cancel a line and add a new one (ConnectWise)
 
+    @property
+    def an_agreement(self) -> str:
+        return f"{'an' if self.agreement[:1] in 'aeiou' else 'a'} {self.agreement}"
+
 
 WORDS: dict[str, PsaWords] = {}
 
@@ -666,7 +670,7 @@ def save_company(kind: str, company_id: int):
     if not psa_company_id:
         error = f"Pick the {display_name(kind)} company."
     elif not agreement_id:
-        error = f"Pick a {words.agreement}: a mapping cannot be saved without one."
+        error = f"Pick {words.an_agreement}: a mapping cannot be saved without one."
     else:
         try:
             agreement = next((a for a in _agreements(integration, psa_company_id) if a["id"] == agreement_id), None)
@@ -735,7 +739,7 @@ def sync_company(kind: str, company_id: int):
     mapping = mapping_for(integration, company)
     reason = None
     if mapping is None or not mapping.is_mapped:
-        reason = f"Map {company.name} to a {WORDS[kind].agreement} first."
+        reason = f"Map {company.name} to {WORDS[kind].an_agreement} first."
     elif mapping.excluded:
         reason = f"{company.name} is excluded from syncs."
     else:
