@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
-import tempfile
 import time
-import uuid
 
-import psycopg
+from bench.common import migrated_app, run_sql, throwaway_database
 
-ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TARGET_SECONDS = 2.0
 
 GENERATE = """
@@ -50,40 +46,21 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the database (prints its URL)")
     args = parser.parse_args(argv)
 
-    name = f"seatsync_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with throwaway_database(keep=args.keep) as url:
         return run(url, args)
-    finally:
-        if args.keep:
-            print(f"kept {url}")
-        else:
-            with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def run(url: str, args) -> int:
-    from flask_migrate import upgrade
-
-    from webapp import counts, create_app
+    from webapp import counts
     from webapp.extensions import db
     from webapp.models import MonthlyCount
 
-    environ = {"DATABASE_URL": url, "SECRET_KEY": "bench", "SEATSYNC_EMBEDDED_WORKER": "0",
-               "ENCRYPTION_KEY": "YmVuY2gtb25seS1rZXktMzItYnl0ZXMtbG9uZy4uLi4=",
-               "SEATSYNC_INSTANCE": tempfile.mkdtemp(prefix="seatsync-bench-")}
-    app = create_app(environ=environ)
+    app = migrated_app(url)
     with app.app_context():
-        upgrade()
         now = dt.datetime.now(dt.UTC)
         started = time.perf_counter()
-        with psycopg.connect(url, autocommit=True) as conn:
-            params = {"companies": args.companies, "products": args.products, "seats": args.seats, "now": now}
-            for statement in GENERATE.split(";"):
-                if statement.strip():
-                    conn.execute(statement, {k: v for k, v in params.items() if f"%({k})s" in statement})
+        run_sql(url, GENERATE, {"companies": args.companies, "products": args.products, "seats": args.seats,
+                                "now": now})
         print(f"generated {args.seats:,} seats over {args.companies:,} companies and {args.products} products "
               f"in {time.perf_counter() - started:.1f} s")
 

@@ -12,16 +12,12 @@ Target (PRODUCT.md §7): ≤ 100 ms per page or search.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 
-import psycopg
+from bench.common import migrated_app, run_sql, throwaway_database
 
-ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TARGET_MS = 100.0
 
 GENERATE = """
@@ -62,35 +58,17 @@ def main(argv=None) -> int:
     parser.add_argument("--mapped", type=int, default=7_000)
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args(argv)
-    name = f"seatsync_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with throwaway_database() as url:
         return run(url, args)
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def run(url: str, args) -> int:
-    from flask_migrate import upgrade
-
-    from webapp import create_app
     from webapp.cli import create_user
     from webapp.extensions import db
 
-    environ = {"DATABASE_URL": url, "SECRET_KEY": "bench", "SEATSYNC_EMBEDDED_WORKER": "0",
-               "ENCRYPTION_KEY": "YmVuY2gtb25seS1rZXktMzItYnl0ZXMtbG9uZy4uLi4=",
-               "SEATSYNC_INSTANCE": tempfile.mkdtemp(prefix="seatsync-bench-")}
-    app = create_app(environ=environ)
+    app = migrated_app(url)
     with app.app_context():
-        upgrade()
-        with psycopg.connect(url, autocommit=True) as conn:
-            params = {"companies": args.companies, "mapped": min(args.mapped, args.companies)}
-            for statement in GENERATE.split(";"):
-                if statement.strip():
-                    conn.execute(statement, {k: v for k, v in params.items() if f"%({k})s" in statement})
+        run_sql(url, GENERATE, {"companies": args.companies, "mapped": min(args.mapped, args.companies)})
         create_user("bench@msp.example", "billing", "bench-password-123")
         db.session.commit()
         db.session.remove()
