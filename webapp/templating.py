@@ -37,9 +37,16 @@ def month_label(value: dt.date | None) -> str:
     return value.strftime("%b %Y") if value else "—"
 
 
+def psa_name(kind: str) -> str:
+    from .psa_clients import client_class
+
+    return client_class(kind).display_name
+
+
 def init_templating(app: Flask) -> None:
     app.jinja_env.filters["localtime"] = localtime
     app.jinja_env.filters["month"] = month_label
+    app.jinja_env.filters["psa_name"] = psa_name
 
     @app.context_processor
     def navigation():
