@@ -549,35 +549,30 @@ class AutotaskClient(PsaClient):
         return item_id
 
     def _create_line(self, contract_id: int, service_id: int, target: int, options: WriteOptions) -> WriteResult:
-        """Add the service to the contract, then post the units.
+        """One adjustment POST: Autotask adds the missing ContractService itself.
 
-        A ContractService carries no units (ContractServices entity doc): units come only from
-        adjustments. The service is created explicitly, at the catalog unit price, so that the line
-        id is known; then the units of the period are re-read (in case creation set any) and the
-        missing delta is posted. After a crash in between, the next run sees the line with 0 units
-        and posts the delta then.
+        ContractServiceAdjustments doc: "The ContractServiceAdjustment can be created without the
+        specified ContractService entity in place. If the API … cannot find the correct
+        ContractService entity, it will create it." So a new line costs one call instead of four
+        (read the service, create the contract service, re-read units, post the delta). The line id
+        is not in the answer (itemId is the adjustment's); the next read shows it. After a lost
+        answer the next run re-reads: the line exists with its units, or is still missing and
+        created then — never both.
         """
-        response = self._request("GET", f"Services/{service_id}", endpoint="Services")
-        service = (response.json() or {}).get("item")
-        if not service:
-            raise NotFound(f"Autotask service {service_id} no longer exists.",
-                           hint="The mapped service no longer exists — edit the product mapping.")
-        body = {"contractID": contract_id, "serviceID": service_id, "unitPrice": service.get("unitPrice") or 0}
-        if service.get("unitCost") is not None:
-            body["unitCost"] = service["unitCost"]
-        response = self._request("POST", f"Contracts/{contract_id}/Services", endpoint="ContractServices",
-                                 idempotent=False, json=body)
-        line_id = self._item_id(response, "contract service")
-        units = self._period_units([contract_id], options.effective_date)
-        row = units.get(line_id) or units.get((contract_id, service_id))
-        existing = int(row.get("units") or 0) if row else 0
-        delta = target - existing
-        summary = f"ContractService {line_id} created at unit price {body['unitPrice']:g}"
-        if delta:
-            item_id = self._adjust(contract_id, service_id, delta, options.effective_date)
-            summary += f"; ContractServiceAdjustment {item_id}: {delta:+d} units from {options.effective_date}"
-        line = Line(str(contract_id), str(service_id), str(line_id), float(target), service.get("name") or "")
-        return WriteResult(line=line, action="created", response=summary)
+        try:
+            item_id = self._adjust(contract_id, service_id, target, options.effective_date)
+        except (NotFound, ValidationFailed) as error:
+            if "service" not in error.psa_message.lower():
+                raise
+            raise type(error)(error.psa_message, status=error.status,
+                              hint="If the mapped service no longer exists in Autotask, edit the product mapping."
+                              ) from None
+        line = Line(str(contract_id), str(service_id), "", float(target))
+        return WriteResult(
+            line=line, action="created",
+            response=(f"ContractServiceAdjustment {item_id}: {target:+d} units from "
+                      f"{options.effective_date.isoformat()} (contract service added by Autotask)"),
+        )
 
     def close(self) -> None:
         self.http.close()

@@ -450,27 +450,25 @@ def test_an_unchanged_quantity_writes_nothing(client, mocked):
     assert len(mocked.calls) == 0
 
 
-def test_a_missing_line_is_added_at_the_catalog_price_and_given_its_units(client, mocked):
-    mocked.get(BASE + "Services/22", json={"item": {"id": 22, "name": "Backup", "unitPrice": 4.5, "unitCost": 2.0}})
-    mocked.post(BASE + "Contracts/11/Services", json={"itemId": 555})
-    mocked.post(BASE + "ContractServiceUnits/query", json=page([]))
+def test_a_missing_line_is_created_by_one_adjustment_that_adds_the_service_to_the_contract(client, mocked):
     mocked.post(BASE + "ContractServiceAdjustments", json={"itemId": 556})
 
     result = client.set_quantity("11", "22", 6, current=None, options=WriteOptions(effective_date=ON))
 
     calls = api_calls(mocked)
     assert [(c.request.method, c.request.url.removeprefix(BASE)) for c in calls] == [
-        ("GET", "Services/22"), ("POST", "Contracts/11/Services"), ("POST", "ContractServiceUnits/query"),
         ("POST", "ContractServiceAdjustments"),
     ]
-    assert body_of(calls[1]) == {"contractID": 11, "serviceID": 22, "unitPrice": 4.5, "unitCost": 2.0}
-    assert body_of(calls[3])["unitChange"] == 6
+    assert body_of(calls[0]) == {"contractID": 11, "serviceID": 22, "unitChange": 6,
+                                 "effectiveDate": f"{ON.isoformat()}T00:00:00"}
     assert result.action == "created"
-    assert result.line == Line("11", "22", "555", 6.0, "Backup")
+    assert result.line == Line("11", "22", "", 6.0)
+    assert "556" in result.response
 
 
 def test_a_missing_line_for_a_deleted_service_asks_to_edit_the_product_mapping(client, mocked):
-    mocked.get(BASE + "Services/22", json={"item": None})
+    mocked.post(BASE + "ContractServiceAdjustments", status=500,
+                json={"errors": ["serviceID: no matching records found."]})
     with pytest.raises(NotFound) as caught:
         client.set_quantity("11", "22", 6, current=None, options=WriteOptions(effective_date=ON))
     assert "product mapping" in caught.value.hint

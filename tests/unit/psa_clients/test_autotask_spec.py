@@ -133,7 +133,7 @@ def test_every_request_is_an_operation_of_the_official_api(spec, recorded):
         "GET /V1.0/ZoneInformation", "POST /V1.0/Companies/query", "POST /V1.0/Services/query",
         "GET /V1.0/Companies/entityInformation/fields", "POST /V1.0/Contracts/query",
         "POST /V1.0/ContractServices/query", "POST /V1.0/ContractServiceUnits/query",
-        "POST /V1.0/ContractServiceAdjustments", "GET /V1.0/Services/{id}", "POST /V1.0/Contracts/{parentId}/Services",
+        "POST /V1.0/ContractServiceAdjustments",
     }
 
 
