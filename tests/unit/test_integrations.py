@@ -407,6 +407,31 @@ def test_details_show_before_target_after_and_the_hint_of_a_failure(psa_app, psa
     assert "Agreement not found" in page and "HTTP 404" in page and "edit the mapping" in page
 
 
+def test_details_tell_seatsyncs_own_reasons_from_the_psas_and_an_unreadable_quantity(psa_app, psa_sim, client,
+                                                                                      login_as):
+    login_as("viewer")
+    integration = connect("kaseya_bms", psa_sim)
+    acme = company("Acme Dental")
+    mapping = CompanyMapping(integration=integration, company=acme, psa_company_id="1", agreement_id="7")
+    backup = db.session.scalar(db.select(Product).filter_by(name="Endpoint Backup"))
+    email = db.session.scalar(db.select(Product).filter_by(name="Email Security"))
+    run = SyncRun(integration=integration, trigger="sync_now", state="finished")
+    db.session.add_all([mapping, run])
+    db.session.flush()
+    db.session.add_all([
+        LineResult(run_id=run.id, company_mapping_id=mapping.id, product_id=backup.id, psa_product_id="11",
+                   agreement_id="7", line_id="900", before=None, target=8, after=8, action="updated"),
+        LineResult(run_id=run.id, company_mapping_id=mapping.id, product_id=email.id, psa_product_id="",
+                   agreement_id="7", target=3, action="needs_attention",
+                   message="product “Email Security” is not mapped to a PSA product"),
+    ])
+    db.session.commit()
+    page = client.get(f"/integrations/kaseya_bms/companies/{acme.id}").text
+    assert "Kaseya BMS's API does not report a line's current quantity" in page
+    assert "<strong>Why:</strong> product “Email Security” is not mapped" in page
+    assert "Kaseya BMS said:" not in page
+
+
 def test_a_viewer_sees_everything_and_no_edit_controls(psa_app, psa_sim, client, login_as):
     login_as("viewer")
     connect("connectwise", psa_sim)

@@ -767,7 +767,8 @@ def company_details(kind: str, company_id: int):
         runs = [(lines[0].run, lines) for lines in list(grouped.values())[:5]]
     psa_names = {m.psa_product_id: m.psa_product_name for m in integration.product_mappings} if integration.id else {}
     return render_template("integrations/details.html", **_context(
-        integration, company=company, mapping=mapping, runs=runs, psa_names=psa_names))
+        integration, company=company, mapping=mapping, runs=runs, psa_names=psa_names,
+        quantity_readable=client_class(kind).quantity_readable))
 
 
 # --------------------------------------------------------------------------------------------------
