@@ -174,3 +174,9 @@ def test_the_openapi_document_is_served_and_describes_every_route(app, client):
             path = rule.rule.replace("<int:", "{").replace(">", "}")
             for method in rule.methods - {"HEAD", "OPTIONS"}:
                 assert (path, method) in documented, (path, method)
+
+
+def test_an_unknown_api_path_answers_json_not_a_page(client):
+    response = client.get("/api/v1/no-such-thing")
+    assert response.status_code == 404
+    assert response.is_json and response.json["error"] == "not_found"

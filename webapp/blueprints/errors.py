@@ -1,6 +1,6 @@
 """Error pages. HTMX requests get a small banner fragment instead of a whole page."""
 
-from flask import Flask, render_template
+from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 
 from ..extensions import htmx
@@ -18,6 +18,8 @@ MESSAGES = {
 
 def _render(status: int, message: str | None = None):
     message = message or MESSAGES.get(status, "Error")
+    if request.path.startswith("/api/"):  # API clients get JSON even for paths no API route matched
+        return jsonify(error="not_found" if status == 404 else f"http_{status}", message=message), status
     template = "errors/_banner.html" if htmx else "errors/page.html"
     response = render_template(template, status=status, message=message), status
     return response
