@@ -86,12 +86,29 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
 end
 return 0
 """
+# Free the slot and wake one waiter. The wake-up list is trimmed to the slot count, so wake-ups
+# nobody took cost a waiter at most that many extra acquire attempts.
+_RELEASE_SLOT = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], 1)
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+return 0
+"""
 
 
 class RequestLimiter:
-    """Hourly budget per tenant and concurrent requests per endpoint, shared through Redis."""
+    """Hourly budget per tenant and concurrent requests per endpoint, shared through Redis.
+
+    A request waiting for a concurrency slot blocks on a wake-up list that every release pushes to,
+    so a freed slot is taken at once instead of after a polling back-off (which left the PSA's
+    allowed concurrency idle between calls). The short block timeout covers slots freed by lease
+    expiry (a worker killed mid-request).
+    """
 
     LEASE_SECONDS = 120  # a worker killed mid-request frees its slot after this
+    WAKE_TIMEOUT = 0.05  # longest wait between two acquire attempts
 
     def __init__(
         self,
@@ -114,9 +131,14 @@ class RequestLimiter:
             storage = RedisStorage("redis://", connection_pool=redis.connection_pool, key_prefix="seatsync:psa-limit")
             self._window = MovingWindowRateLimiter(storage)
         self._acquire = redis.register_script(_ACQUIRE_SLOT) if concurrency else None
+        self._release = redis.register_script(_RELEASE_SLOT) if concurrency else None
+
+    def budget_key(self, endpoint: str) -> str:
+        """The hourly budget's key: per tenant, or per tenant and endpoint (a path template, never a record's URL)."""
+        return f"{self.tenant_key}:{endpoint.lower()}" if self.hourly_per_endpoint else self.tenant_key
 
     def _wait_for_budget(self, endpoint: str) -> None:
-        key = f"{self.tenant_key}:{endpoint.lower()}" if self.hourly_per_endpoint else self.tenant_key
+        key = self.budget_key(endpoint)
         while not self._window.hit(self.hourly, key):
             reset_at, _remaining = self._window.get_window_stats(self.hourly, key)
             delay = max(0.5, min(60.0, reset_at - time.time()))
@@ -131,19 +153,18 @@ class RequestLimiter:
             yield
             return
         key = f"seatsync:psa-slots:{self.tenant_key}:{endpoint.lower()}"
+        wake = f"{key}:wake"
         token = uuid.uuid4().hex
-        delay = 0.01
         while True:
             now = time.time()
             lease = [now, now + self.LEASE_SECONDS, self.concurrency, token, self.LEASE_SECONDS * 2]
             if self._acquire(keys=[key], args=lease):
                 break
-            self.sleep(delay + random.uniform(0, delay))
-            delay = min(delay * 2, 0.25)
+            self.redis.blpop([wake], timeout=self.WAKE_TIMEOUT)
         try:
             yield
         finally:
-            self.redis.zrem(key, token)
+            self._release(keys=[key, wake], args=[token, self.concurrency, self.LEASE_SECONDS * 2])
 
 
 # --------------------------------------------------------------------------------------------------

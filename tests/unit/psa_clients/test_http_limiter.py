@@ -1,0 +1,87 @@
+"""The limits every worker shares through Redis: concurrent requests per endpoint, hourly budgets."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import fakeredis
+import pytest
+
+from webapp.psa_clients.http import RequestLimiter
+
+
+@pytest.fixture(params=["real", "fake"])
+def redis(request, real_redis):
+    return real_redis if request.param == "real" else fakeredis.FakeRedis()
+
+
+def limiter(redis, concurrency=2, **kwargs):
+    return RequestLimiter(redis, tenant_key="t", hourly_limit=None, concurrency=concurrency, **kwargs)
+
+
+def test_limiters_in_two_workers_never_exceed_the_concurrency_together(redis):
+    workers = [limiter(redis, 3), limiter(redis, 3)]
+    in_flight, peak, lock = [0], [0], threading.Lock()
+
+    def call(n):
+        with workers[n % 2].slot("ContractServiceAdjustments"):
+            with lock:
+                in_flight[0] += 1
+                peak[0] = max(peak[0], in_flight[0])
+            time.sleep(0.01)
+            with lock:
+                in_flight[0] -= 1
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert peak[0] == 3
+
+
+def test_a_freed_slot_is_taken_at_once_not_after_a_back_off(redis):
+    first = limiter(redis, 1)
+    waited = []
+    release = threading.Event()
+
+    def holder():
+        with first.slot("x"):
+            release.wait(5)
+
+    def waiter():
+        started = time.monotonic()
+        with limiter(redis, 1).slot("x"):
+            waited.append(time.monotonic() - started)
+
+    hold = threading.Thread(target=holder)
+    hold.start()
+    time.sleep(0.05)
+    wait = threading.Thread(target=waiter)
+    wait.start()
+    time.sleep(0.3)  # the waiter has been waiting a while: a back-off would now be at its longest
+    freed = time.monotonic()
+    release.set()
+    wait.join(5)
+    hold.join(5)
+    assert waited and time.monotonic() - freed < 0.2
+    assert waited[0] - 0.3 < RequestLimiter.WAKE_TIMEOUT + 0.05
+
+
+def test_slots_of_a_killed_worker_come_back_when_their_lease_ends(real_redis, monkeypatch):
+    monkeypatch.setattr(RequestLimiter, "LEASE_SECONDS", 1)
+    dead = limiter(real_redis, 1).slot("x")
+    dead.__enter__()  # never released: its worker died
+    started = time.monotonic()
+    with limiter(real_redis, 1).slot("x"):
+        pass
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_per_endpoint_hourly_budget_is_counted_per_path_template():
+    shared = RequestLimiter(fakeredis.FakeRedis(), tenant_key="bms", hourly_limit=1500, concurrency=None,
+                            hourly_per_endpoint=True)
+    assert shared.budget_key("recurringservices/services") == "bms:recurringservices/services"
+    tenant = RequestLimiter(fakeredis.FakeRedis(), tenant_key="at", hourly_limit=10_000, concurrency=3)
+    assert tenant.budget_key("ContractServices") == tenant.budget_key("Companies") == "at"
