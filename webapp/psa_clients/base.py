@@ -63,6 +63,15 @@ class WriteResult:
     response: str = ""  # short, secret-free summary of the PSA's answer (ids, status)
 
 
+@dataclass(frozen=True)
+class QuantityChange:
+    """One line of a batched write: bill `target` for `product_id`; `current` as just read (None: create)."""
+
+    product_id: str
+    target: int
+    current: Line | None
+
+
 @dataclass
 class WriteOptions:
     """Integration options that change how a quantity is written."""
@@ -215,6 +224,31 @@ class PsaClient(abc.ABC):
         call again after a crash: callers re-read the lines first, so a write that already
         happened is seen in `current` and the second call writes nothing or only what is missing.
         """
+
+    def set_quantities(
+        self,
+        agreement_id: str,
+        changes: Sequence[QuantityChange],
+        *,
+        options: WriteOptions,
+    ) -> list[WriteResult | PsaError]:
+        """Write several lines of one agreement; one result per change, in order.
+
+        A line that fails is returned as its PsaError, so the other lines are still written and
+        each is recorded on its own; CredentialsRejected is raised (it stops the whole run).
+        The default writes line by line; a client whose API takes many lines in one request
+        (Kaseya BMS) overrides it. The same retry-safety as set_quantity applies.
+        """
+        results: list[WriteResult | PsaError] = []
+        for change in changes:
+            try:
+                results.append(self.set_quantity(agreement_id, change.product_id, change.target,
+                                                 current=change.current, options=options))
+            except CredentialsRejected:
+                raise
+            except PsaError as error:
+                results.append(error)
+        return results
 
     def close(self) -> None:  # noqa: B027 - optional hook, most clients share one session
         """Release pooled connections."""

@@ -42,7 +42,9 @@ from .base import (
     NotFound,
     PermissionDenied,
     PsaClient,
+    PsaError,
     PsaItem,
+    QuantityChange,
     TransientError,
     ValidationFailed,
     WriteOptions,
@@ -646,8 +648,49 @@ class KaseyaBmsClient(PsaClient):
 
     def set_quantity(self, agreement_id: str, product_id: str, target: int, *, current: Line | None,
                      options: WriteOptions) -> WriteResult:
+        (result,) = self.set_quantities(agreement_id, [QuantityChange(product_id, target, current)], options=options)
+        if isinstance(result, PsaError):
+            raise result
+        return result
+
+    def set_quantities(self, agreement_id: str, changes: Sequence[QuantityChange], *,
+                       options: WriteOptions) -> list[WriteResult | PsaError]:
+        """Every changed line of one contract in one request: the write takes an array of services (notes §3.5).
+
+        A line that cannot be sent (bad target, line gone, service gone) is returned as its error and
+        left out of the request; if the request fails, every line in it gets that error.
+        """
         contract_id = _int_ids([agreement_id], "contract")[0]
-        service_id = _int_ids([product_id], "service")[0]
+        results: list[WriteResult | PsaError | None] = [None] * len(changes)
+        sending: list[tuple[int, int, dict]] = []  # (index in changes, service id, fields)
+        for index, change in enumerate(changes):
+            try:
+                service_id, fields = self._line_fields(contract_id, change)
+            except CredentialsRejected:
+                raise
+            except PsaError as error:
+                results[index] = error
+                continue
+            sending.append((index, service_id, fields))
+        if sending:
+            entries = [(service_id, int(changes[index].target), fields) for index, service_id, fields in sending]
+            try:
+                rows = self._post_units(contract_id, entries, options.effective_date)
+            except CredentialsRejected:
+                raise
+            except PsaError as error:
+                for index, _, _ in sending:
+                    results[index] = error
+            else:
+                for index, service_id, fields in sending:
+                    results[index] = self._written(contract_id, service_id, changes[index], fields,
+                                                   rows.get(service_id, {}), options.effective_date)
+        return results
+
+    def _line_fields(self, contract_id: int, change: QuantityChange) -> tuple[int, dict]:
+        """The service id and the fields a write sends back (an update never reprices the line)."""
+        service_id = _int_ids([change.product_id], "service")[0]
+        target, current = change.target, change.current
         if int(target) != target or target < 0:
             raise ValidationFailed(f"Kaseya BMS takes whole, non-negative Units; {target} is not.")
         if current is not None and not ASSUME_POST_REPLACES_UNITS:
@@ -660,13 +703,16 @@ class KaseyaBmsClient(PsaClient):
             if line is None:
                 raise NotFound(f"The service {service_id} is no longer on Kaseya BMS contract {contract_id}.",
                                status=404, hint="The line was removed in Kaseya BMS: the next sync recreates it.")
-            fields = {"ServiceName": line.service_name, "ServiceDescription": line.description,
-                      "UnitCost": line.unit_cost, "UnitPrice": line.unit_price}
-        else:
-            service = (self._catalog or {}).get(service_id) or self._service(service_id)
-            fields = {"ServiceName": _ci(service, "Name"), "ServiceDescription": _ci(service, "Description"),
-                      "UnitCost": _ci(service, "UnitCost"), "UnitPrice": _ci(service, "UnitPrice")}
-        row = self._post_units(contract_id, service_id, int(target), options.effective_date, fields)
+            return service_id, {"ServiceName": line.service_name, "ServiceDescription": line.description,
+                                "UnitCost": line.unit_cost, "UnitPrice": line.unit_price}
+        service = (self._catalog or {}).get(service_id) or self._service(service_id)
+        return service_id, {"ServiceName": _ci(service, "Name"), "ServiceDescription": _ci(service, "Description"),
+                            "UnitCost": _ci(service, "UnitCost"), "UnitPrice": _ci(service, "UnitPrice")}
+
+    @staticmethod
+    def _written(contract_id: int, service_id: int, change: QuantityChange, fields: dict, row: dict,
+                 effective: dt.date) -> WriteResult:
+        target, current = int(change.target), change.current
         units = _ci(row, "Units")
         after = ContractServiceLine(
             agreement_id=str(contract_id), product_id=str(service_id),
@@ -677,23 +723,31 @@ class KaseyaBmsClient(PsaClient):
             unit_cost=_ci(row, "UnitCost", fields["UnitCost"]), unit_price=_ci(row, "UnitPrice", fields["UnitPrice"]),
             effective_date=str(_ci(row, "EffectiveDate") or ""),
         )
-        response = f"contract service {after.line_id}: Units {int(target)} from {options.effective_date:%Y-%m-%d}"
+        line_id = after.line_id or "(new)"
+        response = f"contract service {line_id}: Units {target} from {effective:%Y-%m-%d}"
         return WriteResult(line=after, action="updated" if current is not None else "created", response=response)
 
-    def _post_units(self, contract_id: int, service_id: int, units: int, effective: dt.date, fields: dict) -> dict:
-        """Post absolute Units for one service of a contract (notes §3.5).
+    def _post_units(self, contract_id: int, entries: list[tuple[int, int, dict]],
+                    effective: dt.date) -> dict[int, dict]:
+        """Post absolute Units for services of one contract (notes §3.5): {service id: the row the API returned}.
 
         Relies on ASSUME_POST_REPLACES_UNITS (notes §8.1): posting a service already on the contract
         sets its Units from EffectiveDate, so a retry of this absolute write changes nothing more.
+        The spec answers with one object, so only one row may come back; the others keep what was sent.
         """
-        item = {"ServiceId": service_id, "Units": units, "EffectiveDate": f"{effective:%Y-%m-%d}T00:00:00"}
-        item.update({k: v for k, v in fields.items() if v is not None})
+        body = []
+        for service_id, units, fields in entries:
+            item = {"ServiceId": service_id, "Units": units, "EffectiveDate": f"{effective:%Y-%m-%d}T00:00:00"}
+            item.update({k: v for k, v in fields.items() if v is not None})
+            body.append(item)
         envelope = self._call("POST", "recurringservices/services", path_args={"contractId": contract_id},
-                              idempotent=ASSUME_POST_REPLACES_UNITS, json=[item])
+                              idempotent=ASSUME_POST_REPLACES_UNITS, json=body)
         result = _ci(envelope, "Result")
-        if isinstance(result, list):  # the body is an array; the spec says one object comes back
-            result = next((r for r in result if _ci(r, "ServiceId") == service_id), result[0] if result else {})
-        return result if isinstance(result, dict) else {}
+        rows = result if isinstance(result, list) else [result]
+        by_service = {_ci(r, "ServiceId"): r for r in rows if isinstance(r, dict)}
+        if len(entries) == 1 and not by_service.get(entries[0][0]) and rows and isinstance(rows[0], dict):
+            by_service[entries[0][0]] = rows[0]  # one service sent: the one object is its row
+        return by_service
 
     def _find_line(self, contract_id: int, service_id: int) -> ContractServiceLine | None:
         """The line of one service on one contract, for its prices, when the caller only has a plain Line."""

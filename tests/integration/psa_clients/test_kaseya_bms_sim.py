@@ -203,3 +203,18 @@ def test_rate_limit_storm_still_ends_with_the_right_quantity(connect, psa_sim):
     posts = bms_requests(psa_sim, "/recurringservices/")
     assert [p["status"] for p in posts] == [429, 429, 429, 429, 503, 200]
     assert line.line_id == again.line_id
+
+
+def test_every_line_of_a_contract_is_set_by_one_request(client, psa_sim):
+    from webapp.psa_clients.base import QuantityChange
+
+    contract = managed_services(client, "Acme Dental")
+    (line,) = client.read_lines([contract], dt.date(2026, 10, 1))[contract]
+    backup = product_id(client, "Endpoint Backup")
+    psa_sim.clear_log()
+    results = client.set_quantities(contract, [QuantityChange(line.product_id, 9, line),
+                                               QuantityChange(backup, 4, None)], options=OCTOBER)
+    assert [r.action for r in results] == ["updated", "created"]
+    writes = [r for r in psa_sim.requests("kaseya_bms") if r["path"].endswith("/services") and r["method"] == "POST"]
+    assert len(writes) == 1
+    assert sorted(s["units"] for s in sim_lines(psa_sim, contract)) == [4, 9]

@@ -464,6 +464,29 @@ def test_a_plain_line_from_the_database_is_looked_up_for_its_prices(client, mock
     assert (body["UnitCost"], body["UnitPrice"], body["ServiceDescription"]) == (3.5, 9.25, "custom description")
 
 
+def test_all_changed_lines_of_a_contract_are_written_in_one_request(client, mocked):
+    from webapp.psa_clients.base import QuantityChange
+
+    mocked.get(f"{BASE}/v2/admin/finance/services/6", json=envelope(service_row(6, "Email", price=8)))
+    mocked.post(POST_URL, json=envelope(posted_row(42)))
+    changes = [QuantityChange("5", 42, existing_line()), QuantityChange("6", 3, None), QuantityChange("7", -1, None)]
+    updated, created, refused = client.set_quantities("1000", changes, options=OPTIONS)
+    posts = [c for c in api_calls(mocked) if c.request.method == "POST"]
+    assert len(posts) == 1
+    assert [(i["ServiceId"], i["Units"]) for i in json.loads(posts[0].request.body)] == [(5, 42), (6, 3)]
+    assert (updated.action, updated.line.line_id, updated.line.quantity) == ("updated", "50", 42.0)
+    assert (created.action, created.line.quantity) == ("created", 3.0)
+    assert isinstance(refused, ValidationFailed)  # left out of the request, recorded on its own
+
+
+def test_a_refused_batch_write_is_an_error_on_every_line_it_carried(client, mocked):
+    from webapp.psa_clients.base import QuantityChange
+
+    mocked.post(POST_URL, json=envelope(success=False, code=400, message="Units must be a whole number."))
+    results = client.set_quantities("1000", [QuantityChange("5", 4, existing_line())] * 2, options=OPTIONS)
+    assert [type(r) for r in results] == [ValidationFailed, ValidationFailed]
+
+
 @pytest.mark.parametrize("target", [-1, 2.5])
 def test_negative_or_fractional_units_are_refused_before_any_request(client, mocked, target):
     with pytest.raises(ValidationFailed):
