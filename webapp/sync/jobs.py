@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 
 JOB_TIMEOUT = 3600
 DEFAULT_BATCH = 20
+# Companies per batch job, by what one line read costs:
+# - ConnectWise reads each agreement on its own, so small batches spread the run over workers at no cost;
+# - Autotask reads up to 500 contracts in two queries, so fewer, larger batches save read calls;
+# - Kaseya BMS reads contract lines per catalog service across the whole tenant, so every batch pays
+#   the same full read: one batch per run (its writes still run in parallel inside the job).
+BATCH_BY_KIND = {"connectwise": 20, "autotask": 50, "kaseya_bms": 1000}
 
 
 def batch_size(kind: str) -> int:
@@ -45,7 +51,7 @@ def batch_size(kind: str) -> int:
     configured = os.environ.get("SEATSYNC_SYNC_BATCH")
     if configured:
         return max(1, int(configured))
-    return DEFAULT_BATCH
+    return BATCH_BY_KIND.get(kind, DEFAULT_BATCH)
 
 
 def enqueue_run(run: SyncRun) -> None:

@@ -12,6 +12,12 @@ Exactly once rests on three things:
 
 Progress is committed per company (line results, mapping status, run counters in one transaction),
 so a killed worker leaves whole companies done or not done, never half-recorded.
+
+The HTTP writes of a batch run on a small thread pool (as many threads as the PSA allows requests in
+flight per endpoint), so the PSA's allowed concurrency is kept busy; the Redis limiter in
+psa_clients/http.py keeps the total across all workers within it. Every database change — intents,
+line results, statuses — stays on the job's own thread and session: the pool threads only call the
+client with plain values and hand back what the PSA answered.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from flask import current_app
 from rq import get_current_job
@@ -33,7 +40,7 @@ from .. import audit
 from ..connections import client_for
 from ..extensions import db
 from ..models import CompanyMapping, Integration, LineResult, Product, ProductMapping, PushIntent, SyncRun
-from ..psa_clients.base import CredentialsRejected, PsaClient, PsaError, WriteOptions
+from ..psa_clients.base import CredentialsRejected, PsaClient, PsaError, QuantityChange, WriteOptions, WriteResult
 from ..queue import get_queue, get_redis
 from . import plan as planning
 from .plan import Change
@@ -45,6 +52,9 @@ LEASE_PREFIX = "seatsync:sync:lease"
 BUSY = ("queued", "syncing")
 WRITTEN = ("updated", "created", "replaced", "adjusted")
 OUTCOME_COLUMN = {"in sync": "in_sync", "updated": "updated", "needs attention": "needs_attention", "error": "errors"}
+# Writes in flight per job for a PSA that documents no concurrency limit (Kaseya BMS): ConnectWise's
+# guidance of "two or three requests in parallel" is the only figure the research notes give.
+UNDOCUMENTED_CONCURRENCY = 3
 
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 _RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) "
@@ -309,32 +319,83 @@ class Pusher:
         except CredentialsRejected as error:
             credentials_failed(self.run, self.integration, error)
             return
-        for mapping in mappings:
-            company_counts = {pid: n for (cid, pid), n in counts.items() if cid == mapping.company_id}
-            targets = planning.product_targets(company_counts, self.product_maps)
-            unmapped = [(pid, names.get(pid, str(pid)), n) for pid, n in company_counts.items()
-                        if pid in unmapped_ids and n]
-            try:
-                current = self.lines_of(mapping, lines)
-                changes = planning.plan_agreement(
-                    targets, current, create_missing_lines=self.create_missing,
-                    last_written=last.get(mapping.id), unmapped=unmapped,
-                )
-                results = [self.apply(mapping, change, intents) for change in changes]
-            except CredentialsRejected as error:
-                credentials_failed(self.run, self.integration, error)
-                return
-            except PsaError as error:
-                db.session.rollback()
-                results = [self.error_result(mapping, None, error)]
-            except Exception as error:  # one company's bug or bad data must not stop the others
-                db.session.rollback()
-                log.exception("pushing company mapping %s failed", mapping.id)
-                results = [LineResult(run_id=self.run.id, company_mapping_id=mapping.id,
-                                      agreement_id=mapping.agreement_id or "", action="error",
-                                      message=f"SeatSync failed to push this company: {type(error).__name__}",
-                                      hint="The next sync retries; if it keeps failing, report it.")]
-            self.finish(mapping, results)
+        self.rejected: CredentialsRejected | None = None
+        self.stop = threading.Event()
+        pending: dict[Future, tuple[CompanyMapping, list, list]] = {}
+        with ThreadPoolExecutor(max_workers=write_parallelism(self.client),
+                                thread_name_prefix="seatsync-psa-write") as pool:
+            for mapping in mappings:
+                if self.stop.is_set():
+                    break
+                company_counts = {pid: n for (cid, pid), n in counts.items() if cid == mapping.company_id}
+                targets = planning.product_targets(company_counts, self.product_maps)
+                unmapped = [(pid, names.get(pid, str(pid)), n) for pid, n in company_counts.items()
+                            if pid in unmapped_ids and n]
+                writes: list[tuple[int, Change, PushIntent]] = []
+                try:
+                    current = self.lines_of(mapping, lines)
+                    changes = planning.plan_agreement(
+                        targets, current, create_missing_lines=self.create_missing,
+                        last_written=last.get(mapping.id), unmapped=unmapped,
+                    )
+                    results: list[LineResult | None] = []
+                    for change in changes:
+                        done = self.decide(mapping, change, intents)
+                        if done is None:
+                            writes.append((len(results), change, self.prepare_intent(mapping, change, intents)))
+                        results.append(done)
+                    if writes:
+                        db.session.commit()  # recorded before they are sent
+                except CredentialsRejected as error:
+                    db.session.rollback()
+                    self.reject(error)
+                    break
+                except PsaError as error:
+                    db.session.rollback()
+                    results, writes = [self.error_result(mapping, None, error)], []
+                except Exception as error:  # one company's bug or bad data must not stop the others
+                    db.session.rollback()
+                    log.exception("pushing company mapping %s failed", mapping.id)
+                    results, writes = [self.crash_result(mapping, error)], []
+                if writes:
+                    batch = [QuantityChange(c.psa_product_id, int(c.target), c.line) for _, c, _ in writes]
+                    pending[pool.submit(self.send, mapping.agreement_id, batch)] = (mapping, results, writes)
+                else:
+                    self.finish(mapping, results)
+                for future in [f for f in pending if f.done()]:  # record writes as they come back
+                    self.collect(future, *pending.pop(future))
+            while pending:
+                future = next(iter(pending))
+                self.collect(future, *pending.pop(future))
+        if self.rejected is not None:
+            credentials_failed(self.run, self.integration, self.rejected)
+
+    def reject(self, error: CredentialsRejected) -> None:
+        """401: stop sending; companies not yet written are closed by credentials_failed."""
+        self.rejected = self.rejected or error
+        self.stop.set()
+
+    def send(self, agreement_id: str, changes: list[QuantityChange]) -> list[WriteResult | PsaError] | None:
+        """Runs on a pool thread: plain values in, plain values out, no database."""
+        if self.stop.is_set():
+            return None
+        return self.client.set_quantities(agreement_id, changes, options=self.write_options)
+
+    def collect(self, future: Future, mapping: CompanyMapping, results: list, writes: list) -> None:
+        """Record one company's writes (on the job's thread) and finish the company."""
+        try:
+            outcomes = future.result()
+        except CredentialsRejected as error:
+            self.reject(error)
+            return
+        except Exception as error:  # a client bug: the intents stay pending, the next run re-reads
+            log.exception("writing company mapping %s failed", mapping.id)
+            outcomes = [error] * len(writes)
+        if outcomes is None:  # skipped after a 401
+            return
+        for (index, change, intent), outcome in zip(writes, outcomes, strict=True):
+            results[index] = self.record_write(mapping, change, intent, outcome)
+        self.finish(mapping, results)
 
     def finish(self, mapping: CompanyMapping, results: list[LineResult]) -> None:
         mapping = db.session.get(CompanyMapping, mapping.id)
@@ -374,7 +435,31 @@ class Pusher:
         return self.result(mapping, change, action="error", message=error.psa_message,
                            http_status=error.status, hint=error.hint)
 
+    def crash_result(self, mapping: CompanyMapping, error: Exception) -> LineResult:
+        return LineResult(run_id=self.run.id, company_mapping_id=mapping.id,
+                          agreement_id=mapping.agreement_id or "", action="error",
+                          message=f"SeatSync failed to push this company: {type(error).__name__}",
+                          hint="The next sync retries; if it keeps failing, report it.")
+
     def apply(self, mapping: CompanyMapping, change: Change, intents: dict, *, approved: bool = False) -> LineResult:
+        """Decide and, if needed, write one line now (the reviewed-run path; batches use push)."""
+        done = self.decide(mapping, change, intents, approved=approved)
+        if done is not None:
+            return done
+        intent = self.prepare_intent(mapping, change, intents)
+        db.session.commit()  # recorded before it is sent
+        try:
+            written = self.client.set_quantity(mapping.agreement_id, change.psa_product_id, int(change.target),
+                                               current=change.line, options=self.write_options)
+        except CredentialsRejected:
+            raise
+        except PsaError as error:
+            written = error
+        return self.record_write(mapping, change, intent, written)
+
+    def decide(self, mapping: CompanyMapping, change: Change, intents: dict, *,
+               approved: bool = False) -> LineResult | None:
+        """The line's result when nothing is to be written now; None when it must be written."""
         key = (mapping.agreement_id, change.psa_product_id)
         if change.kind == planning.ATTENTION:
             hint = ("Remove the extra lines in the PSA, then sync again." if "duplicate" in change.message
@@ -392,9 +477,10 @@ class Pusher:
                                                     decreases_need_approval=self.decreases_need_approval):
             return self.result(mapping, change, action="planned",
                                message=change.message or ("decrease: needs approval" if change.is_decrease else ""))
-        return self.write(mapping, change, intents)
+        return None
 
-    def write(self, mapping: CompanyMapping, change: Change, intents: dict) -> LineResult:
+    def prepare_intent(self, mapping: CompanyMapping, change: Change, intents: dict) -> PushIntent:
+        """The pending PushIntent of a write (the caller commits it before sending)."""
         key = (mapping.agreement_id, change.psa_product_id)
         intent = intents.pop(key, None) or db.session.scalar(select(PushIntent).where(
             PushIntent.integration_id == self.integration.id, PushIntent.agreement_id == key[0],
@@ -407,19 +493,24 @@ class Pusher:
         intent.target = int(change.target)
         intent.delta = (change.target - before) if before is not None else None
         intent.state, intent.run_id, intent.completed_at = "pending", self.run.id, None
-        db.session.commit()  # recorded before it is sent
-        try:
-            written = self.client.set_quantity(mapping.agreement_id, change.psa_product_id, int(change.target),
-                                               current=change.line, options=self.write_options)
-        except CredentialsRejected:
-            raise
-        except PsaError as error:
+        return intent
+
+    def record_write(self, mapping: CompanyMapping, change: Change, intent: PushIntent,
+                     written: WriteResult | Exception) -> LineResult:
+        if isinstance(written, PsaError):
             # The intent stays pending: whether a lost answer was applied is settled by the next read.
-            return self.error_result(mapping, change, error)
+            return self.error_result(mapping, change, written)
+        if isinstance(written, Exception):
+            return self.crash_result(mapping, written)
         intent.state, intent.completed_at = "done", utcnow()
         action = "none" if written.action == "unchanged" else written.action
         return self.result(mapping, change, action=action, after=written.line.quantity,
                            line_id=written.line.line_id or None, psa_response=written.response[:2000])
+
+
+def write_parallelism(client: PsaClient) -> int:
+    """Writes a job keeps in flight: the PSA's allowed concurrency per endpoint."""
+    return max(1, int(client.concurrency_per_endpoint or UNDOCUMENTED_CONCURRENCY))
 
 
 # --------------------------------------------------------------------------------------------------
