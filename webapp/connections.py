@@ -35,6 +35,7 @@ def client_config() -> dict[str, Any]:
     return {
         "CW_CLIENT_ID": Organisation.get().cw_client_id or config.get("CW_CLIENT_ID", ""),
         "AUTOTASK_ZONE_URL": config.get("AUTOTASK_ZONE_URL"),
+        "DEV_HOSTS_NO_HOURLY_LIMIT": bool(config.get("PSA_DEV_HOSTS_NO_HOURLY_LIMIT")),
         **config.get("PSA_CLIENT_OVERRIDES", {}),  # tests: no-op sleeps, short retry policies
     }
 

@@ -88,6 +88,8 @@ def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> 
         RATELIMIT_STORAGE_URI=env.get("REDIS_URL") or "memory://",
         RATELIMIT_HEADERS_ENABLED=True,
         PSA_DEV_HOSTS=env.get("PSA_DEV_HOSTS", ""),
+        # Benchmarks only: lift the PSAs' hourly budgets for PSA_DEV_HOSTS (the simulator), never for a real host.
+        PSA_DEV_HOSTS_NO_HOURLY_LIMIT=_bool(env.get("PSA_DEV_HOSTS_NO_HOURLY_LIMIT")),
         AUTOTASK_ZONE_URL=env.get("AUTOTASK_ZONE_URL") or None,
         CW_CLIENT_ID=env.get("CW_CLIENT_ID", ""),
         ORG_TIMEZONE_DEFAULT=env.get("ORG_TIMEZONE", "UTC"),

@@ -44,7 +44,7 @@ from .base import (
     WriteOptions,
     WriteResult,
 )
-from .http import PsaHttp, RequestLimiter, RetryPolicy, base_url_for
+from .http import PsaHttp, RequestLimiter, RetryPolicy, base_url_for, hourly_limit_for
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ class AutotaskClient(PsaClient):
         self._dev_hosts = frozenset(dev_hosts)
         self._zone_url = config.get("AUTOTASK_ZONE_URL") or DEFAULT_ZONE_URL
         self._sleep = config.get("HTTP_SLEEP") or time.sleep
+        self._config = config
         self._zone: dict[str, Any] | None = None
         self._base: str | None = None
         self._zone_fetches = 0
@@ -233,7 +234,7 @@ class AutotaskClient(PsaClient):
             self.http.limiter = RequestLimiter(
                 self._redis,
                 tenant_key=f"autotask:{database}:{code_digest}",
-                hourly_limit=self.hourly_limit,
+                hourly_limit=hourly_limit_for(self.hourly_limit, parts.netloc, self._dev_hosts, self._config),
                 concurrency=self.concurrency_per_endpoint,
                 sleep=self._sleep,
             )

@@ -98,6 +98,16 @@ return 0
 """
 
 
+def hourly_limit_for(documented: int | None, host: str, dev_hosts: frozenset[str], config) -> int | None:
+    """The hourly budget to enforce: the PSA's documented one, unless a benchmark lifted it for the simulator.
+
+    PSA_DEV_HOSTS_NO_HOURLY_LIMIT (settings) only ever applies to a host listed in PSA_DEV_HOSTS.
+    """
+    if (config or {}).get("DEV_HOSTS_NO_HOURLY_LIMIT") and host.strip().lower() in dev_hosts:
+        return None
+    return documented
+
+
 class RequestLimiter:
     """Hourly budget per tenant and concurrent requests per endpoint, shared through Redis.
 

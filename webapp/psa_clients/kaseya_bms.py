@@ -50,7 +50,7 @@ from .base import (
     WriteOptions,
     WriteResult,
 )
-from .http import PsaHttp, RequestLimiter, RetryPolicy, base_url_for
+from .http import PsaHttp, RequestLimiter, RetryPolicy, base_url_for, hourly_limit_for
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class KaseyaBmsClient(PsaClient):
             limiter = RequestLimiter(
                 redis,
                 tenant_key=f"kaseya_bms:{self.api_host}:{self.company.lower()}",
-                hourly_limit=self.hourly_limit,
+                hourly_limit=hourly_limit_for(self.hourly_limit, self.api_host, self._dev_hosts, config),
                 concurrency=self.concurrency_per_endpoint,
                 hourly_per_endpoint=True,
                 sleep=sleep,

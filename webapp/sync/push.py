@@ -369,6 +369,9 @@ class Pusher:
                 self.collect(future, *pending.pop(future))
         if self.rejected is not None:
             credentials_failed(self.run, self.integration, self.rejected)
+        else:
+            # Once per batch, after its last company: whichever job commits last closes the run.
+            maybe_finish(self.run.id)
 
     def reject(self, error: CredentialsRejected) -> None:
         """401: stop sending; companies not yet written are closed by credentials_failed."""
@@ -409,7 +412,6 @@ class Pusher:
         count_company(self.run.id, outcome)
         db.session.commit()
         self.leases.release(lock_key(mapping))
-        maybe_finish(self.run.id)
 
     # -- one line ---------------------------------------------------------------------------------
     def result(self, mapping: CompanyMapping, change: Change, **values) -> LineResult:
