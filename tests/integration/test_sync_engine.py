@@ -237,4 +237,7 @@ def test_a_worker_killed_mid_autotask_run_leaves_work_the_next_worker_finishes_w
     assert all(len(v) == 1 for v in adjustments_per_line(psa_sim).values()), adjustments_per_line(psa_sim)
     assert not db.session.scalar(db.select(db.func.count(PushIntent.id)).filter_by(state="pending"))
     completed = db.session.scalars(db.select(LineResult).where(LineResult.message.like("completed%"))).all()
-    assert len(completed) == 1 and completed[0].action == "updated"
+    # Both companies of the batch may have had their adjustment in flight (writes run in parallel):
+    # each reached Autotask once and is reported as completed, none twice.
+    assert 1 <= len(completed) <= 2 and {r.action for r in completed} == {"updated"}
+    assert len({(r.company_mapping_id, r.psa_product_id) for r in completed}) == len(completed)

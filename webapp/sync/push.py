@@ -30,7 +30,8 @@ import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
 from flask import current_app
 from rq import get_current_job
@@ -55,6 +56,7 @@ OUTCOME_COLUMN = {"in sync": "in_sync", "updated": "updated", "needs attention":
 # Writes in flight per job for a PSA that documents no concurrency limit (Kaseya BMS): ConnectWise's
 # guidance of "two or three requests in parallel" is the only figure the research notes give.
 UNDOCUMENTED_CONCURRENCY = 3
+FINISH_GROUP = 10  # companies recorded per transaction while a batch is still being planned
 
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 _RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) "
@@ -143,6 +145,16 @@ def count_company(run_id: int, outcome: str | None) -> None:
     column = OUTCOME_COLUMN.get(outcome or "")
     if column:
         values[column] = getattr(SyncRun, column) + 1
+    db.session.execute(update(SyncRun).where(SyncRun.id == run_id).values(**values))
+
+
+def count_companies(run_id: int, outcomes: dict[str, int]) -> None:
+    """count_company for many companies at once (one UPDATE)."""
+    values = {"done": SyncRun.done + sum(outcomes.values())}
+    for outcome, n in outcomes.items():
+        column = OUTCOME_COLUMN.get(outcome or "")
+        if column and n:
+            values[column] = getattr(SyncRun, column) + n
     db.session.execute(update(SyncRun).where(SyncRun.id == run_id).values(**values))
 
 
@@ -239,6 +251,21 @@ def credentials_failed(run: SyncRun, integration: Integration, error: Credential
 # --------------------------------------------------------------------------------------------------
 # The push
 # --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Company:
+    """The columns of a company mapping a push needs, read once: ORM rows expire at every commit and
+    would be re-read one SELECT at a time."""
+
+    id: int
+    integration_id: int
+    company_id: int
+    agreement_id: str
+
+    @classmethod
+    def of(cls, mapping: CompanyMapping) -> Company:
+        return cls(mapping.id, mapping.integration_id, mapping.company_id, mapping.agreement_id or "")
+
+
 class Pusher:
     """Pushes the companies of one run through one client, recording every line."""
 
@@ -254,6 +281,7 @@ class Pusher:
         self.review = bool(run.dry_run)
         self.decreases_need_approval = bool(integration.option("decreases_need_approval"))
         self.create_missing = bool(integration.option("create_missing_lines"))
+        self.known_intents: dict[tuple[str, str], PushIntent] | None = None
         self.product_maps = db.session.execute(
             select(ProductMapping.product_id, ProductMapping.psa_product_id, Product.name)
             .join(Product, Product.id == ProductMapping.product_id)
@@ -279,11 +307,13 @@ class Pusher:
         return out
 
     def pending_intents(self, agreement_ids: list[str]) -> dict[tuple[str, str], PushIntent]:
+        """Pending intents of these agreements; all their intents of the period are kept for prepare_intent."""
         rows = db.session.scalars(select(PushIntent).where(
             PushIntent.integration_id == self.integration.id, PushIntent.period == self.on,
-            PushIntent.agreement_id.in_(agreement_ids), PushIntent.state == "pending",
-        ))
-        return {(i.agreement_id, i.psa_product_id): i for i in rows}
+            PushIntent.agreement_id.in_(agreement_ids),
+        )).all()
+        self.known_intents = {(i.agreement_id, i.psa_product_id): i for i in rows}
+        return {key: i for key, i in self.known_intents.items() if i.state == "pending"}
 
     def read_lines(self, mappings: list[CompanyMapping]) -> dict[str, list] | None:
         """One batched read for all agreements; None when it failed (then each is read on its own)."""
@@ -321,10 +351,11 @@ class Pusher:
             return
         self.rejected: CredentialsRejected | None = None
         self.stop = threading.Event()
-        pending: dict[Future, tuple[CompanyMapping, list, list]] = {}
+        pending: dict[Future, tuple[Company, list, list]] = {}
+        finished: list[tuple[Company, list[LineResult]]] = []
         with ThreadPoolExecutor(max_workers=write_parallelism(self.client),
                                 thread_name_prefix="seatsync-psa-write") as pool:
-            for mapping in mappings:
+            for mapping in [Company.of(m) for m in mappings]:
                 if self.stop.is_set():
                     break
                 company_counts = {pid: n for (cid, pid), n in counts.items() if cid == mapping.company_id}
@@ -361,12 +392,17 @@ class Pusher:
                     batch = [QuantityChange(c.psa_product_id, int(c.target), c.line) for _, c, _ in writes]
                     pending[pool.submit(self.send, mapping.agreement_id, batch)] = (mapping, results, writes)
                 else:
-                    self.finish(mapping, results)
+                    finished.append((mapping, results))
                 for future in [f for f in pending if f.done()]:  # record writes as they come back
-                    self.collect(future, *pending.pop(future))
+                    self.collect(future, *pending.pop(future), into=finished)
+                if len(finished) >= FINISH_GROUP:
+                    self.finish(finished)
             while pending:
-                future = next(iter(pending))
-                self.collect(future, *pending.pop(future))
+                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for future in done:
+                    self.collect(future, *pending.pop(future), into=finished)
+                self.finish(finished)
+        self.finish(finished)
         if self.rejected is not None:
             credentials_failed(self.run, self.integration, self.rejected)
         else:
@@ -384,8 +420,8 @@ class Pusher:
             return None
         return self.client.set_quantities(agreement_id, changes, options=self.write_options)
 
-    def collect(self, future: Future, mapping: CompanyMapping, results: list, writes: list) -> None:
-        """Record one company's writes (on the job's thread) and finish the company."""
+    def collect(self, future: Future, mapping: Company, results: list, writes: list, *, into: list) -> None:
+        """Record one company's writes (on the job's thread); the company joins the next finish."""
         try:
             outcomes = future.result()
         except CredentialsRejected as error:
@@ -398,20 +434,27 @@ class Pusher:
             return
         for (index, change, intent), outcome in zip(writes, outcomes, strict=True):
             results[index] = self.record_write(mapping, change, intent, outcome)
-        self.finish(mapping, results)
+        into.append((mapping, results))
 
-    def finish(self, mapping: CompanyMapping, results: list[LineResult]) -> None:
-        mapping = db.session.get(CompanyMapping, mapping.id)
-        for result in results:
-            db.session.add(result)
-        outcome = outcome_of(r.action for r in results)
-        mapping.status = outcome
-        mapping.status_reason = status_reason(results, outcome)
-        mapping.last_sync_at = utcnow()
-        mapping.job_id = None
-        count_company(self.run.id, outcome)
+    def finish(self, finished: list[tuple[Company, list[LineResult]]]) -> None:
+        """Record finished companies in one transaction — each whole, with its status and the run's counters —
+        then release their locks. Empties `finished`."""
+        if not finished:
+            return
+        now = utcnow()
+        rows, outcomes = [], defaultdict(int)
+        for mapping, results in finished:
+            db.session.add_all(results)
+            outcome = outcome_of(r.action for r in results)
+            outcomes[outcome] += 1
+            rows.append({"id": mapping.id, "status": outcome, "status_reason": status_reason(results, outcome),
+                         "last_sync_at": now, "job_id": None})
+        db.session.execute(update(CompanyMapping), rows)  # by primary key, one statement for the group
+        count_companies(self.run.id, outcomes)
         db.session.commit()
-        self.leases.release(lock_key(mapping))
+        for mapping, _ in finished:
+            self.leases.release(lock_key(mapping))
+        finished.clear()
 
     # -- one line ---------------------------------------------------------------------------------
     def result(self, mapping: CompanyMapping, change: Change, **values) -> LineResult:
@@ -484,13 +527,19 @@ class Pusher:
     def prepare_intent(self, mapping: CompanyMapping, change: Change, intents: dict) -> PushIntent:
         """The pending PushIntent of a write (the caller commits it before sending)."""
         key = (mapping.agreement_id, change.psa_product_id)
-        intent = intents.pop(key, None) or db.session.scalar(select(PushIntent).where(
-            PushIntent.integration_id == self.integration.id, PushIntent.agreement_id == key[0],
-            PushIntent.psa_product_id == key[1], PushIntent.period == self.on))
+        intent = intents.pop(key, None)
+        if intent is None and self.known_intents is not None:  # every intent of the batch was read at its start
+            intent = self.known_intents.get(key)
+        elif intent is None:
+            intent = db.session.scalar(select(PushIntent).where(
+                PushIntent.integration_id == self.integration.id, PushIntent.agreement_id == key[0],
+                PushIntent.psa_product_id == key[1], PushIntent.period == self.on))
         if intent is None:
             intent = PushIntent(integration_id=self.integration.id, agreement_id=key[0], psa_product_id=key[1],
                                 period=self.on, target=0)
             db.session.add(intent)
+            if self.known_intents is not None:
+                self.known_intents[key] = intent
         before = change.before
         intent.target = int(change.target)
         intent.delta = (change.target - before) if before is not None else None
