@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from flask import current_app
 from rq import get_current_job
 from sqlalchemy import case, exists, func, or_, select, update
+from sqlalchemy import inspect as sa_inspect
 
 from .. import audit
 from ..connections import client_for
@@ -274,6 +275,8 @@ class Pusher:
 
         self.run = run
         self.integration = integration
+        # Plain ids: the ORM rows expire at every commit and would be re-read on each use.
+        self.run_id, self.integration_id = run.id, integration.id
         self.leases = leases
         self.client = client or client_for(integration)
         self.on = planning.billed_month_start(utcnow(), str(org_timezone()))
@@ -281,7 +284,8 @@ class Pusher:
         self.review = bool(run.dry_run)
         self.decreases_need_approval = bool(integration.option("decreases_need_approval"))
         self.create_missing = bool(integration.option("create_missing_lines"))
-        self.known_intents: dict[tuple[str, str], PushIntent] | None = None
+        self.known_intents: dict[tuple[str, str], int] | None = None
+        self.written_intents: list[PushIntent] = []
         self.product_maps = db.session.execute(
             select(ProductMapping.product_id, ProductMapping.psa_product_id, Product.name)
             .join(Product, Product.id == ProductMapping.product_id)
@@ -308,12 +312,13 @@ class Pusher:
 
     def pending_intents(self, agreement_ids: list[str]) -> dict[tuple[str, str], PushIntent]:
         """Pending intents of these agreements; all their intents of the period are kept for prepare_intent."""
-        rows = db.session.scalars(select(PushIntent).where(
-            PushIntent.integration_id == self.integration.id, PushIntent.period == self.on,
-            PushIntent.agreement_id.in_(agreement_ids),
-        )).all()
-        self.known_intents = {(i.agreement_id, i.psa_product_id): i for i in rows}
-        return {key: i for key, i in self.known_intents.items() if i.state == "pending"}
+        of_batch = (PushIntent.integration_id == self.integration_id, PushIntent.period == self.on,
+                    PushIntent.agreement_id.in_(agreement_ids))
+        # Ids only: a row is loaded when its line is written again, not kept in the session meanwhile.
+        self.known_intents = {(a, p): i for i, a, p in db.session.execute(
+            select(PushIntent.id, PushIntent.agreement_id, PushIntent.psa_product_id).where(*of_batch))}
+        rows = db.session.scalars(select(PushIntent).where(*of_batch, PushIntent.state == "pending"))
+        return {(i.agreement_id, i.psa_product_id): i for i in rows}
 
     def read_lines(self, mappings: list[CompanyMapping]) -> dict[str, list] | None:
         """One batched read for all agreements; None when it failed (then each is read on its own)."""
@@ -331,7 +336,15 @@ class Pusher:
         return self.client.read_lines([mapping.agreement_id], self.on).get(mapping.agreement_id, [])
 
     # -- the per-company loop -----------------------------------------------------------------------
-    def push(self, mappings: list[CompanyMapping]) -> None:
+    def push(self, rows: list[CompanyMapping]) -> None:
+        # The rows were committed ("syncing") and so expired: read the columns needed in one query rather
+        # than one SELECT per row, and detach the rows so no commit of the batch has to expire them again.
+        ids = [sa_inspect(m).identity[0] for m in rows]
+        mappings = [Company(*row[:3], row[3] or "") for row in db.session.execute(
+            select(CompanyMapping.id, CompanyMapping.integration_id, CompanyMapping.company_id,
+                   CompanyMapping.agreement_id).where(CompanyMapping.id.in_(ids)).order_by(CompanyMapping.id))]
+        for row in rows:
+            db.session.expunge(row)
         company_ids = sorted({m.company_id for m in mappings})
         from ..counts import target_counts
 
@@ -353,9 +366,10 @@ class Pusher:
         self.stop = threading.Event()
         pending: dict[Future, tuple[Company, list, list]] = {}
         finished: list[tuple[Company, list[LineResult]]] = []
+        lookahead = 4 * write_parallelism(self.client)
         with ThreadPoolExecutor(max_workers=write_parallelism(self.client),
                                 thread_name_prefix="seatsync-psa-write") as pool:
-            for mapping in [Company.of(m) for m in mappings]:
+            for mapping in mappings:
                 if self.stop.is_set():
                     break
                 company_counts = {pid: n for (cid, pid), n in counts.items() if cid == mapping.company_id}
@@ -395,6 +409,12 @@ class Pusher:
                     finished.append((mapping, results))
                 for future in [f for f in pending if f.done()]:  # record writes as they come back
                     self.collect(future, *pending.pop(future), into=finished)
+                # Plan only a little ahead of the writes: enough to keep the pool busy, while what the
+                # session holds (and expires at every commit) stays small.
+                while len(pending) >= lookahead:
+                    done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                    for future in done:
+                        self.collect(future, *pending.pop(future), into=finished)
                 if len(finished) >= FINISH_GROUP:
                     self.finish(finished)
             while pending:
@@ -407,7 +427,7 @@ class Pusher:
             credentials_failed(self.run, self.integration, self.rejected)
         else:
             # Once per batch, after its last company: whichever job commits last closes the run.
-            maybe_finish(self.run.id)
+            maybe_finish(self.run_id)
 
     def reject(self, error: CredentialsRejected) -> None:
         """401: stop sending; companies not yet written are closed by credentials_failed."""
@@ -434,6 +454,7 @@ class Pusher:
             return
         for (index, change, intent), outcome in zip(writes, outcomes, strict=True):
             results[index] = self.record_write(mapping, change, intent, outcome)
+            self.written_intents.append(intent)
         into.append((mapping, results))
 
     def finish(self, finished: list[tuple[Company, list[LineResult]]]) -> None:
@@ -450,10 +471,16 @@ class Pusher:
             rows.append({"id": mapping.id, "status": outcome, "status_reason": status_reason(results, outcome),
                          "last_sync_at": now, "job_id": None})
         db.session.execute(update(CompanyMapping), rows)  # by primary key, one statement for the group
-        count_companies(self.run.id, outcomes)
+        count_companies(self.run_id, outcomes)
         db.session.commit()
-        for mapping, _ in finished:
+        for mapping, results in finished:
             self.leases.release(lock_key(mapping))
+            for result in results:  # done with: keep the session (expired at every commit) small
+                db.session.expunge(result)
+        for intent in self.written_intents:
+            if intent in db.session:
+                db.session.expunge(intent)
+        self.written_intents.clear()
         finished.clear()
 
     # -- one line ---------------------------------------------------------------------------------
@@ -465,7 +492,7 @@ class Pusher:
                     f"the PSA had {change.before:g}")
             message = f"{note}; {message}" if message else note
         return LineResult(
-            run_id=self.run.id, company_mapping_id=mapping.id, product_id=change.product_id,
+            run_id=self.run_id, company_mapping_id=mapping.id, product_id=change.product_id,
             psa_product_id=change.psa_product_id, agreement_id=mapping.agreement_id or "",
             line_id=values.pop("line_id", line.line_id if line is not None else None),
             before=change.before, target=change.target,
@@ -474,14 +501,14 @@ class Pusher:
 
     def error_result(self, mapping: CompanyMapping, change: Change | None, error: PsaError) -> LineResult:
         if change is None:
-            return LineResult(run_id=self.run.id, company_mapping_id=mapping.id,
+            return LineResult(run_id=self.run_id, company_mapping_id=mapping.id,
                               agreement_id=mapping.agreement_id or "", action="error",
                               message=error.psa_message, http_status=error.status, hint=error.hint)
         return self.result(mapping, change, action="error", message=error.psa_message,
                            http_status=error.status, hint=error.hint)
 
     def crash_result(self, mapping: CompanyMapping, error: Exception) -> LineResult:
-        return LineResult(run_id=self.run.id, company_mapping_id=mapping.id,
+        return LineResult(run_id=self.run_id, company_mapping_id=mapping.id,
                           agreement_id=mapping.agreement_id or "", action="error",
                           message=f"SeatSync failed to push this company: {type(error).__name__}",
                           hint="The next sync retries; if it keeps failing, report it.")
@@ -528,22 +555,21 @@ class Pusher:
         """The pending PushIntent of a write (the caller commits it before sending)."""
         key = (mapping.agreement_id, change.psa_product_id)
         intent = intents.pop(key, None)
-        if intent is None and self.known_intents is not None:  # every intent of the batch was read at its start
-            intent = self.known_intents.get(key)
+        if intent is None and self.known_intents is not None:  # the batch's intent ids were read at its start
+            known = self.known_intents.get(key)
+            intent = db.session.get(PushIntent, known) if known is not None else None
         elif intent is None:
             intent = db.session.scalar(select(PushIntent).where(
-                PushIntent.integration_id == self.integration.id, PushIntent.agreement_id == key[0],
+                PushIntent.integration_id == self.integration_id, PushIntent.agreement_id == key[0],
                 PushIntent.psa_product_id == key[1], PushIntent.period == self.on))
         if intent is None:
-            intent = PushIntent(integration_id=self.integration.id, agreement_id=key[0], psa_product_id=key[1],
+            intent = PushIntent(integration_id=self.integration_id, agreement_id=key[0], psa_product_id=key[1],
                                 period=self.on, target=0)
             db.session.add(intent)
-            if self.known_intents is not None:
-                self.known_intents[key] = intent
         before = change.before
         intent.target = int(change.target)
         intent.delta = (change.target - before) if before is not None else None
-        intent.state, intent.run_id, intent.completed_at = "pending", self.run.id, None
+        intent.state, intent.run_id, intent.completed_at = "pending", self.run_id, None
         return intent
 
     def record_write(self, mapping: CompanyMapping, change: Change, intent: PushIntent,
