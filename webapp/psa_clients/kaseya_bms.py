@@ -28,6 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -71,6 +72,7 @@ API_HOSTS = {
 # lines are then never posted to (they need attention) and writes are not blindly retried.
 ASSUME_POST_REPLACES_UNITS = True
 
+READ_PARALLELISM = 3  # related-services searches in flight while reading lines (none documented)
 PAGE_SIZE = 100  # the only documented page size (notes §4, Kaseya throttling article); max is unknown
 IDS_PER_QUERY = 100  # ids per `Ids=` query, to keep URLs short
 MAX_PAGES = 1000  # loop guard against a server that ignores PageNumber
@@ -617,12 +619,20 @@ class KaseyaBmsClient(PsaClient):
                            hint="The contract no longer exists in Kaseya BMS: edit the mapping.")
         wanted_set = set(wanted)
         flt = {"ContractName": names[wanted[0]]} if len(wanted) == 1 and names[wanted[0]] else {}
-        for service_id in self._catalog_by_id():
-            for row in self._pages("POST", "relatedservices/search", body={"Filter": flt},
-                                   path_args={"serviceId": service_id}):
-                contract_id = _ci(row, "ContractId")
-                if contract_id in wanted_set:
-                    result[str(contract_id)].append(self._line(row, contract_id, service_id))
+
+        def related(service_id: int) -> list[dict]:
+            return list(self._pages("POST", "relatedservices/search", body={"Filter": flt},
+                                    path_args={"serviceId": service_id}))
+
+        services = list(self._catalog_by_id())
+        # Each service's pages are a chain; the services are independent, so a few are read at once
+        # (no concurrency limit is documented: as many as SeatSync keeps writes in flight).
+        with ThreadPoolExecutor(max_workers=max(1, min(READ_PARALLELISM, len(services)))) as pool:
+            for service_id, rows in zip(services, pool.map(related, services), strict=True):
+                for row in rows:
+                    contract_id = _ci(row, "ContractId")
+                    if contract_id in wanted_set:
+                        result[str(contract_id)].append(self._line(row, contract_id, service_id))
         return result
 
     def _contract_names(self, contract_ids: list[int]) -> dict[int, str]:
