@@ -392,14 +392,12 @@ class Pusher:
                     if writes:
                         db.session.commit()  # recorded before they are sent
                 except CredentialsRejected as error:
-                    db.session.rollback()
                     self.reject(error)
                     break
-                except PsaError as error:
-                    db.session.rollback()
+                except PsaError as error:  # only the line read raises it: nothing of this company is in the session
                     results, writes = [self.error_result(mapping, None, error)], []
                 except Exception as error:  # one company's bug or bad data must not stop the others
-                    db.session.rollback()
+                    db.session.rollback()  # its uncommitted intents (never sent); others' "done" marks wait in finish
                     log.exception("pushing company mapping %s failed", mapping.id)
                     results, writes = [self.crash_result(mapping, error)], []
                 if writes:
@@ -453,8 +451,7 @@ class Pusher:
         if outcomes is None:  # skipped after a 401
             return
         for (index, change, intent), outcome in zip(writes, outcomes, strict=True):
-            results[index] = self.record_write(mapping, change, intent, outcome)
-            self.written_intents.append(intent)
+            results[index] = self.record_write(mapping, change, intent, outcome, mark=False)
         into.append((mapping, results))
 
     def finish(self, finished: list[tuple[Company, list[LineResult]]]) -> None:
@@ -463,6 +460,8 @@ class Pusher:
         if not finished:
             return
         now = utcnow()
+        for intent in self.written_intents:  # marked here, in the transaction that records the companies
+            intent.state, intent.completed_at = "done", now
         rows, outcomes = [], defaultdict(int)
         for mapping, results in finished:
             db.session.add_all(results)
@@ -541,7 +540,7 @@ class Pusher:
             intent = intents.pop(key, None)
             if intent is not None and change.target is not None and change.before == change.target:
                 # The write recorded before an interruption did reach the PSA: report it, once.
-                intent.state, intent.completed_at = "done", utcnow()
+                self.mark_done(intent)
                 return self.result(mapping, change, action="updated", after=change.before,
                                    message="completed: the write sent before an interruption had reached the PSA")
             return self.result(mapping, change, action="none", after=change.before)
@@ -572,14 +571,22 @@ class Pusher:
         intent.state, intent.run_id, intent.completed_at = "pending", self.run_id, None
         return intent
 
+    def mark_done(self, intent: PushIntent, *, now: bool = False) -> None:
+        """A batch marks intents done when it records their companies (finish), so a rollback for one
+        company never loses another's mark; a single write (apply) marks at once."""
+        if now or self.known_intents is None:
+            intent.state, intent.completed_at = "done", utcnow()
+        else:
+            self.written_intents.append(intent)
+
     def record_write(self, mapping: CompanyMapping, change: Change, intent: PushIntent,
-                     written: WriteResult | Exception) -> LineResult:
+                     written: WriteResult | Exception, *, mark: bool = True) -> LineResult:
         if isinstance(written, PsaError):
             # The intent stays pending: whether a lost answer was applied is settled by the next read.
             return self.error_result(mapping, change, written)
         if isinstance(written, Exception):
             return self.crash_result(mapping, written)
-        intent.state, intent.completed_at = "done", utcnow()
+        self.mark_done(intent, now=mark)
         action = "none" if written.action == "unchanged" else written.action
         return self.result(mapping, change, action=action, after=written.line.quantity,
                            line_id=written.line.line_id or None, psa_response=written.response[:2000])
