@@ -93,10 +93,10 @@ def main() -> None:
     args = parser.parse_args()
     kinds = args.psa or ["connectwise", "autotask", "kaseya_bms"]
 
+    import logging
+
     from psa_sim.seed import SIM_CREDENTIALS
     from psa_sim.server import create_sim_app
-
-    import logging
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per simulated call drowns the figures
     sim_app = create_sim_app(seed=None)
