@@ -1,7 +1,7 @@
 """Status polling under load: 50 browsers polling every 2 s during a sync, against the real web server.
 
 Run: `.venv/bin/python -m bench.polling` (PostgreSQL as in bench/common.py, Redis at BENCH_REDIS_URL,
-default redis://127.0.0.1:6379/12). It builds 10,000 companies and 7,000 ConnectWise mappings (as
+default redis://127.0.0.1:6379/10). It builds 10,000 companies and 7,000 ConnectWise mappings (as
 bench.mapping_page), marks a run as live with 50 companies queued, and starts the `web` process of the
 Procfile (gunicorn, its default workers and threads) on loopback. Then 50 simulated browsers, each signed
 in, poll what the company mapping page polls while a run is live — the progress bar and their queued row —
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--browsers", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args(argv)
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
     with throwaway_database() as url:
         app = migrated_app(url)
         run_sql(url, GENERATE, {"companies": 10_000, "mapped": 7_000})
