@@ -90,6 +90,10 @@ def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> 
         PSA_DEV_HOSTS=env.get("PSA_DEV_HOSTS", ""),
         # Benchmarks only: lift the PSAs' hourly budgets for PSA_DEV_HOSTS (the simulator), never for a real host.
         PSA_DEV_HOSTS_NO_HOURLY_LIMIT=_bool(env.get("PSA_DEV_HOSTS_NO_HOURLY_LIMIT")),
+        # A company's push lock lives this long without a heartbeat (how soon a killed worker's
+        # companies are taken over); companies per sync batch job (empty: chosen per PSA).
+        SYNC_LEASE_SECONDS=int(env.get("SEATSYNC_SYNC_LEASE_SECONDS") or 60),
+        SYNC_BATCH_SIZE=int(env.get("SEATSYNC_SYNC_BATCH") or 0),
         AUTOTASK_ZONE_URL=env.get("AUTOTASK_ZONE_URL") or None,
         CW_CLIENT_ID=env.get("CW_CLIENT_ID", ""),
         ORG_TIMEZONE_DEFAULT=env.get("ORG_TIMEZONE", "UTC"),

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import uuid
 
+from flask import current_app
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from sqlalchemy import select
@@ -48,7 +48,7 @@ BATCH_BY_KIND = {"connectwise": 20, "autotask": 50, "kaseya_bms": 1000}
 
 def batch_size(kind: str) -> int:
     """Companies per batch job: big enough to batch the line reads, small enough to spread over workers."""
-    configured = os.environ.get("SEATSYNC_SYNC_BATCH")
+    configured = current_app.config.get("SYNC_BATCH_SIZE")
     if configured:
         return max(1, int(configured))
     return BATCH_BY_KIND.get(kind, DEFAULT_BATCH)

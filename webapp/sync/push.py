@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-import os
 import threading
 import uuid
 from collections import defaultdict
@@ -69,7 +68,7 @@ def utcnow() -> dt.datetime:
 
 
 def lease_seconds() -> int:
-    return int(os.environ.get("SEATSYNC_SYNC_LEASE_SECONDS") or current_app.config.get("SYNC_LEASE_SECONDS", 60))
+    return int(current_app.config["SYNC_LEASE_SECONDS"])
 
 
 def lock_key(mapping: CompanyMapping) -> str:
