@@ -21,9 +21,14 @@ class Organisation(db.Model):
     def get(cls) -> Organisation:
         org = db.session.get(cls, 1)
         if org is None:
+            # First use: concurrent requests may all get here, so insert-if-absent instead of add().
             from flask import current_app
+            from sqlalchemy.dialects import postgresql, sqlite
 
-            org = cls(id=1, timezone=current_app.config.get("ORG_TIMEZONE_DEFAULT", "UTC"))
-            db.session.add(org)
-            db.session.flush()
+            dialect = postgresql if db.engine.dialect.name == "postgresql" else sqlite
+            db.session.execute(dialect.insert(cls).values(
+                id=1, name="My MSP", cw_client_id="", local_login_disabled=False,
+                timezone=current_app.config.get("ORG_TIMEZONE_DEFAULT", "UTC"),
+            ).on_conflict_do_nothing(index_elements=["id"]))
+            org = db.session.get(cls, 1)
         return org
