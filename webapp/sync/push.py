@@ -252,7 +252,7 @@ def credentials_failed(run: SyncRun, integration: Integration, error: Credential
 # The push
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Company:
+class MappingRef:
     """The columns of a company mapping a push needs, read once: ORM rows expire at every commit and
     would be re-read one SELECT at a time."""
 
@@ -262,7 +262,7 @@ class Company:
     agreement_id: str
 
     @classmethod
-    def of(cls, mapping: CompanyMapping) -> Company:
+    def of(cls, mapping: CompanyMapping) -> MappingRef:
         return cls(mapping.id, mapping.integration_id, mapping.company_id, mapping.agreement_id or "")
 
 
@@ -339,7 +339,7 @@ class Pusher:
         # The rows were committed ("syncing") and so expired: read the columns needed in one query rather
         # than one SELECT per row, and detach the rows so no commit of the batch has to expire them again.
         ids = [sa_inspect(m).identity[0] for m in rows]
-        mappings = [Company(*row[:3], row[3] or "") for row in db.session.execute(
+        mappings = [MappingRef(*row[:3], row[3] or "") for row in db.session.execute(
             select(CompanyMapping.id, CompanyMapping.integration_id, CompanyMapping.company_id,
                    CompanyMapping.agreement_id).where(CompanyMapping.id.in_(ids)).order_by(CompanyMapping.id))]
         for row in rows:
@@ -363,8 +363,8 @@ class Pusher:
             return
         self.rejected: CredentialsRejected | None = None
         self.stop = threading.Event()
-        pending: dict[Future, tuple[Company, list, list]] = {}
-        finished: list[tuple[Company, list[LineResult]]] = []
+        pending: dict[Future, tuple[MappingRef, list, list]] = {}
+        finished: list[tuple[MappingRef, list[LineResult]]] = []
         lookahead = 4 * write_parallelism(self.client)
         with ThreadPoolExecutor(max_workers=write_parallelism(self.client),
                                 thread_name_prefix="seatsync-psa-write") as pool:
@@ -437,7 +437,7 @@ class Pusher:
             return None
         return self.client.set_quantities(agreement_id, changes, options=self.write_options)
 
-    def collect(self, future: Future, mapping: Company, results: list, writes: list, *, into: list) -> None:
+    def collect(self, future: Future, mapping: MappingRef, results: list, writes: list, *, into: list) -> None:
         """Record one company's writes (on the job's thread); the company joins the next finish."""
         try:
             outcomes = future.result()
@@ -453,7 +453,7 @@ class Pusher:
             results[index] = self.record_write(mapping, change, intent, outcome, mark=False)
         into.append((mapping, results))
 
-    def finish(self, finished: list[tuple[Company, list[LineResult]]]) -> None:
+    def finish(self, finished: list[tuple[MappingRef, list[LineResult]]]) -> None:
         """Record finished companies in one transaction — each whole, with its status and the run's counters —
         then release their locks. Empties `finished`."""
         if not finished:
