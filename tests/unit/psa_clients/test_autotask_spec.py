@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import socket
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import responses
 
+from tests.specs import spec_path
 from webapp.psa_clients import Line, WriteOptions, make_client
 from webapp.psa_clients.http import RetryPolicy
 
-SPEC_PATH = Path(os.environ.get("SEATSYNC_SHARED", "/work/shared")) / "psa/specs/autotask-rest-v1-swagger.json"
+SPEC_PATH = spec_path("autotask-rest-v1-swagger.json")
 ZONE_URL = "https://webservices.autotask.net/atservicesrest/v1.0/zoneInformation"
 ROOT = "https://webservices14.autotask.net/ATServicesRest/"
 
-pytestmark = pytest.mark.skipif(not SPEC_PATH.exists(), reason="the Autotask OpenAPI document is not available")
 
 
 @pytest.fixture(scope="module")
