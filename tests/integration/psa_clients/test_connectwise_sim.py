@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 
 from psa_sim.seed import SIM_CREDENTIALS
+from tests.integration.psa_clients.helpers import company_id, managed_services, sim_requests
 from webapp.psa_clients import make_client
 from webapp.psa_clients.base import CredentialsRejected, NotFound, PermissionDenied, ValidationFailed, WriteOptions
 from webapp.psa_clients.http import RetryPolicy
@@ -31,18 +32,7 @@ def client(connect):
     return connect()
 
 
-def cw_requests(psa_sim, path_part: str = "") -> list[dict]:
-    return [r for r in psa_sim.requests("connectwise") if path_part in r["path"]]
 
-
-def company_id(client, name: str) -> str:
-    (found,) = [c for c in client.list_companies() if c.name == name]
-    return found.id
-
-
-def managed_services(client, company: str) -> str:
-    (agreement,) = client.list_agreements(company_id(client, company))
-    return agreement.id
 
 
 def test_good_credentials_authenticate_and_name_the_tenant(client):
@@ -60,7 +50,7 @@ def test_unknown_company_id_is_rejected_before_the_keys_are_sent(connect, psa_si
     with pytest.raises(CredentialsRejected) as error:
         connect(company_id="someoneelse").check_credentials()
     assert "Company ID" in error.value.hint
-    assert [r["path"] for r in cw_requests(psa_sim)] == ["/login/companyinfo/someoneelse"]
+    assert [r["path"] for r in sim_requests(psa_sim, "connectwise")] == ["/login/companyinfo/someoneelse"]
 
 
 def test_missing_security_right_is_explained(client, psa_sim):
@@ -103,7 +93,7 @@ def test_all_companies_are_read_in_few_pages(client, psa_sim):
     psa_sim.reset(2500)
     psa_sim.clear_log()
     assert len(client.list_companies()) == 2500
-    assert len(cw_requests(psa_sim, "/company/companies")) == 3
+    assert len(sim_requests(psa_sim, "connectwise", "/company/companies")) == 3
 
 
 def test_only_active_agreements_are_offered(client):
@@ -119,7 +109,7 @@ def test_lines_of_many_agreements_are_read_with_one_call_each(client, psa_sim):
     assert [len(lines[a]) for a in agreements] == [1, 0, 1, 0]
     acme = lines[agreements[0]][0]
     assert acme.quantity == 5.0 and acme.description == "PASSWORD-MANAGER-BUSINESS"
-    assert len(cw_requests(psa_sim, "/additions")) == len(agreements)
+    assert len(sim_requests(psa_sim, "connectwise", "/additions")) == len(agreements)
 
 
 def test_reading_a_deleted_agreement_says_to_edit_the_mapping(client):
@@ -183,7 +173,7 @@ def test_rate_limit_storm_still_ends_with_the_right_quantity_and_three_requests_
     psa_sim.faults()
     after = client.read_lines(agreements, JUNE)
     assert [after[a][0].quantity for a in agreements] == [42.0] * 4
-    statuses = [r["status"] for r in cw_requests(psa_sim, "/additions")]
+    statuses = [r["status"] for r in sim_requests(psa_sim, "connectwise", "/additions")]
     assert statuses.count(429) == 9
     assert psa_sim.control("GET", "concurrency").get("connectwise finance/agreements/additions", 0) <= 3
 
@@ -204,5 +194,5 @@ def test_a_codebase_moved_by_an_upgrade_is_followed(client, psa_sim):
         psa_sim.state.data["connectwise"]["codebase"] = "v2026_1/"
     psa_sim.clear_log()
     assert len(client.list_products()) == 4
-    assert [r["path"].split("/apis")[0] for r in cw_requests(psa_sim)] == [
+    assert [r["path"].split("/apis")[0] for r in sim_requests(psa_sim, "connectwise")] == [
         "/v4_6_release", "/login/companyinfo/seatsync", "/v2026_1"]

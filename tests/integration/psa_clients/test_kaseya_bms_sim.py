@@ -8,6 +8,7 @@ import time
 import pytest
 
 from psa_sim.seed import SIM_CREDENTIALS
+from tests.integration.psa_clients.helpers import company_id, managed_services, sim_requests
 from webapp.psa_clients import make_client
 from webapp.psa_clients.base import CredentialsRejected, NotFound, ValidationFailed, WriteOptions
 from webapp.psa_clients.http import RetryPolicy
@@ -34,18 +35,7 @@ def client(connect):
     return connect()
 
 
-def bms_requests(psa_sim, path_part: str = "") -> list[dict]:
-    return [r for r in psa_sim.requests("kaseya_bms") if path_part in r["path"]]
 
-
-def company_id(client, name: str) -> str:
-    (found,) = [c for c in client.list_companies() if c.name == name]
-    return found.id
-
-
-def managed_services(client, company: str) -> str:
-    (agreement,) = client.list_agreements(company_id(client, company))
-    return agreement.id
 
 
 def product_id(client, name: str) -> str:
@@ -93,7 +83,7 @@ def test_scope_limits_company_pickers_to_active_clients(client):
 def test_all_companies_are_read_to_the_end(client, psa_sim):
     psa_sim.reset(seed=250)
     assert len(client.list_companies()) == 250
-    assert len(bms_requests(psa_sim, "/crm/accounts/summary")) == 3  # 100 a page
+    assert len(sim_requests(psa_sim, "kaseya_bms", "/crm/accounts/summary")) == 3  # 100 a page
 
 
 def test_only_active_recurring_services_contracts_are_offered(client):
@@ -112,7 +102,7 @@ def test_lines_of_many_contracts_are_read_in_few_calls(client, psa_sim):
     assert sum(len(v) for v in lines.values()) == len(state)
     # 4 contract lookups (100 ids each) + the catalog + 2 pages of related services per service (3 here):
     # the cost grows with the services, not with the contracts.
-    calls = [r for r in bms_requests(psa_sim) if "/security/" not in r["path"]]
+    calls = [r for r in sim_requests(psa_sim, "kaseya_bms") if "/security/" not in r["path"]]
     assert len(calls) == 4 + 1 + 3 * 2
     assert all(line.quantity is None for v in lines.values() for line in v)
 
@@ -173,14 +163,14 @@ def test_short_lived_tokens_are_refreshed_and_revoked_ones_replaced(client, psa_
     client.company_scope_options()
     time.sleep(1.05)
     client.company_scope_options()
-    assert len(bms_requests(psa_sim, "/security/refreshtoken")) >= 1
+    assert len(sim_requests(psa_sim, "kaseya_bms", "/security/refreshtoken")) >= 1
     with psa_sim.state.lock:
         psa_sim.state.data["kaseya_bms"]["settings"]["token_lifetime"] = 3600.0
         psa_sim.state.data["kaseya_bms"]["tokens"].clear()  # every token revoked server-side
-    logins = len(bms_requests(psa_sim, "/security/authenticate"))
+    logins = len(sim_requests(psa_sim, "kaseya_bms", "/security/authenticate"))
     assert client.company_scope_options()["types"]
-    assert len(bms_requests(psa_sim, "/security/authenticate")) == logins + 1
-    assert [r["status"] for r in bms_requests(psa_sim, "/accounttypes")][-2:] == [401, 200]
+    assert len(sim_requests(psa_sim, "kaseya_bms", "/security/authenticate")) == logins + 1
+    assert [r["status"] for r in sim_requests(psa_sim, "kaseya_bms", "/accounttypes")][-2:] == [401, 200]
 
 
 def test_rate_limit_storm_still_ends_with_the_right_quantity(connect, psa_sim):
@@ -200,7 +190,7 @@ def test_rate_limit_storm_still_ends_with_the_right_quantity(connect, psa_sim):
     (stored,) = sim_lines(psa_sim, contract)
     assert stored["units"] == 33
     assert sleeps.count(0.5) == 3 and sleeps.count(0.25) == 4
-    posts = bms_requests(psa_sim, "/recurringservices/")
+    posts = sim_requests(psa_sim, "kaseya_bms", "/recurringservices/")
     assert [p["status"] for p in posts] == [429, 429, 429, 429, 503, 200]
     assert line.line_id == again.line_id
 
