@@ -39,7 +39,7 @@ run: setup
 	@echo ""
 	$(BIN)/python -m psa_sim --port $(SIM_PORT) --seed demo & \
 	  SIM=$$!; trap "kill $$SIM" EXIT INT TERM; \
-	  $(DEMO_ENV) $(BIN)/flask run --no-reload --port $(PORT)
+	  $(DEMO_ENV) $(BIN)/flask serve --port $(PORT)
 
 # Browser tests need Debian's chromium; install it when we can (root) and it is missing.
 chromium:

@@ -107,6 +107,19 @@ def register_cli(app: Flask) -> None:
         summary = seed_demo_data()
         click.echo("Demo data: {companies} companies, {products} products, {seats} seats.".format(**summary))
 
+    @app.cli.command("serve")
+    @click.option("--host", default="127.0.0.1")
+    @click.option("--port", default=5000, type=int)
+    def serve(host: str, port: int):
+        """Serve SeatSync in one process (embedded default): web, job queue worker and cron tick."""
+        from werkzeug.serving import run_simple
+
+        from .queue import ensure_embedded_worker
+
+        # Started now rather than on the first request, so schedules run even before anyone visits.
+        ensure_embedded_worker(app)
+        run_simple(host, port, app, threaded=True)
+
     @app.cli.command("enqueue-ping")
     @click.option("--wait/--no-wait", default=True)
     def enqueue_ping(wait: bool):
