@@ -51,6 +51,7 @@ CLOUD_API_HOSTS = {
     "staging.connectwisedev.com": "api-staging.connectwisedev.com",
 }
 PAGE_SIZE = 1000  # the API's hard maximum (notes §0.5); the default of 25 is a classic trap
+CODEBASE_CACHE_SECONDS = 12 * 3600  # re-read sooner on any 404 (hosted upgrades move it)
 READ_PARALLELISM = 3  # notes §0.6: "serially, or at most two or three requests in parallel"
 
 KEYS_HINT = (
@@ -222,6 +223,7 @@ class ConnectWiseClient(PsaClient):
                 sleep=sleep,
             )
         self.http = PsaHttp(limiter=limiter, policy=config.get("HTTP_RETRY_POLICY"), sleep=sleep)
+        self._redis = redis
         self._root: str | None = None
         self._codebase: str | None = None
         self._company_name = ""
@@ -277,11 +279,24 @@ class ConnectWiseClient(PsaClient):
         self._company_name = str(info.get("CompanyName") or "")
         return codebase
 
-    def _api_base(self) -> str:
+    @property
+    def _codebase_cache_key(self) -> str:
+        return f"seatsync:cw-codebase:{self.site}:{self.company_id.lower()}"
+
+    def _remember_codebase(self, codebase: str) -> None:
+        # Shared by every worker's client: a sync's batch jobs don't each ask companyinfo again.
+        if self._redis is not None:
+            self._redis.set(self._codebase_cache_key, codebase, ex=CODEBASE_CACHE_SECONDS)
+
+    def _api_base(self, *, fresh: bool = False) -> str:
         with self._lock:
-            if self._codebase is None:
+            if self._codebase is None and not fresh and self._redis is not None:
+                cached = self._redis.get(self._codebase_cache_key)
+                self._codebase = cached.decode() if cached else None
+            if self._codebase is None or fresh:
                 self._check_ready()
                 self._codebase = self._fetch_codebase()
+                self._remember_codebase(self._codebase)
             return f"{self._site_root()}/{self._codebase}apis/3.0"
 
     def _codebase_moved(self) -> bool:
@@ -292,6 +307,7 @@ class ConnectWiseClient(PsaClient):
             self._codebase_rechecked = True
             old = self._codebase
             self._codebase = self._fetch_codebase()
+            self._remember_codebase(self._codebase)
             if self._codebase != old:
                 log.info("ConnectWise codebase of %s moved from %s to %s", self.site, old, self._codebase)
                 return True
@@ -404,7 +420,7 @@ class ConnectWiseClient(PsaClient):
     def check_credentials(self) -> str:
         # companyinfo proves host and Company ID; /system/info proves the keys and the Client ID
         # (notes §2.1; the PowerShell module treats its failure as bad auth).
-        self._api_base()
+        self._api_base(fresh=True)
         info = self._call("GET", "/system/info", endpoint="system/info").json() or {}
         name = self._company_name or self.company_id
         version = info.get("version") if isinstance(info, dict) else None

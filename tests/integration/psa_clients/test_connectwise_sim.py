@@ -196,3 +196,20 @@ def test_a_codebase_moved_by_an_upgrade_is_followed(client, psa_sim):
     assert len(client.list_products()) == 4
     assert [r["path"].split("/apis")[0] for r in sim_requests(psa_sim, "connectwise")] == [
         "/v4_6_release", "/login/companyinfo/seatsync", "/v2026_1"]
+
+
+def test_workers_share_the_codebase_so_each_new_client_does_not_ask_again(connect, psa_sim):
+    assert connect().company_scope_options()["types"]
+    psa_sim.clear_log()
+    assert connect().company_scope_options()["types"]  # another worker's client, same tenant
+    assert sim_requests(psa_sim, "connectwise", "/login/companyinfo") == []
+
+
+def test_a_moved_codebase_updates_what_the_other_workers_use(connect, psa_sim):
+    connect().company_scope_options()
+    with psa_sim.state.lock:
+        psa_sim.state.data["connectwise"]["codebase"] = "v2026_1/"
+    assert len(connect().list_products()) == 4  # 404 on the old codebase, re-read, retried
+    psa_sim.clear_log()
+    assert len(connect().list_products()) == 4
+    assert [r["path"].split("/apis")[0] for r in sim_requests(psa_sim, "connectwise")] == ["/v2026_1"]
