@@ -6,10 +6,9 @@ import datetime as dt
 
 import pytest
 
-from psa_sim.seed import SIM_CREDENTIALS
+from tests.fixtures.integrations import HX, KINDS, SECRET_FIELD, company, connect, sim_credentials
 from webapp.blueprints.integrations import company_page, next_run
-from webapp.cli import seed_demo_data
-from webapp.connections import get_integration, save_credentials
+from webapp.connections import get_integration
 from webapp.extensions import db
 from webapp.models import (
     AuditEvent,
@@ -21,41 +20,6 @@ from webapp.models import (
     ProductMapping,
     SyncRun,
 )
-
-KINDS = ["connectwise", "autotask", "kaseya_bms"]
-HOST_FIELD = {"connectwise": "site", "autotask": None, "kaseya_bms": "hostname"}
-SECRET_FIELD = {"connectwise": "private_key", "autotask": "secret", "kaseya_bms": "password"}
-HX = {"HX-Request": "true"}
-
-
-def sim_credentials(kind: str, psa_sim) -> dict[str, str]:
-    values = dict(SIM_CREDENTIALS[kind])
-    if HOST_FIELD[kind]:
-        values[HOST_FIELD[kind]] = psa_sim.host
-    return values
-
-
-@pytest.fixture
-def psa_app(app, psa_sim):
-    """The app allowed to talk to the simulator, with the demo companies and products."""
-    app.config["PSA_DEV_HOSTS"] = psa_sim.host
-    app.config["AUTOTASK_ZONE_URL"] = psa_sim.url + "/atservicesrest/v1.0/zoneInformation"
-    app.config["CW_CLIENT_ID"] = "seatsync-test-client-id"
-    seed_demo_data()
-    return app
-
-
-def connect(kind: str, psa_sim, *, enabled: bool = True):
-    integration = get_integration(kind)
-    save_credentials(integration, sim_credentials(kind, psa_sim))
-    integration.credentials_status = "ok"
-    integration.enabled = enabled
-    db.session.commit()
-    return integration
-
-
-def company(name: str) -> Company:
-    return db.session.scalar(db.select(Company).filter_by(name=name))
 
 
 # --------------------------------------------------------------------------------------------------
