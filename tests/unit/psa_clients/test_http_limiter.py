@@ -41,32 +41,31 @@ def test_limiters_in_two_workers_never_exceed_the_concurrency_together(redis):
     assert peak[0] == 3
 
 
-def test_a_freed_slot_is_taken_at_once_not_after_a_back_off(redis):
+def test_a_freed_slot_wakes_the_waiting_request_instead_of_leaving_it_to_a_timer(redis, monkeypatch):
+    # With the fallback timer set far beyond the test, only the release's wake-up can hand over the slot.
+    monkeypatch.setattr(RequestLimiter, "WAKE_TIMEOUT", 60)
     first = limiter(redis, 1)
-    waited = []
+    got_slot = threading.Event()
     release = threading.Event()
 
     def holder():
         with first.slot("x"):
-            release.wait(5)
+            release.wait(10)
 
     def waiter():
-        started = time.monotonic()
         with limiter(redis, 1).slot("x"):
-            waited.append(time.monotonic() - started)
+            got_slot.set()
 
-    hold = threading.Thread(target=holder)
+    hold = threading.Thread(target=holder, daemon=True)
     hold.start()
     time.sleep(0.05)
-    wait = threading.Thread(target=waiter)
+    wait = threading.Thread(target=waiter, daemon=True)
     wait.start()
-    time.sleep(0.3)  # the waiter has been waiting a while: a back-off would now be at its longest
-    freed = time.monotonic()
+    assert not got_slot.wait(0.3)  # the slot is taken: the second request waits
     release.set()
-    wait.join(5)
+    assert got_slot.wait(10)  # woken by the release, long before the 60 s fallback
     hold.join(5)
-    assert waited and time.monotonic() - freed < 0.2
-    assert waited[0] - 0.3 < RequestLimiter.WAKE_TIMEOUT + 0.05
+    wait.join(5)
 
 
 def test_slots_of_a_killed_worker_come_back_when_their_lease_ends(real_redis, monkeypatch):
