@@ -75,7 +75,9 @@ def test_slots_of_a_killed_worker_come_back_when_their_lease_ends(real_redis, mo
     started = time.monotonic()
     with limiter(real_redis, 1).slot("x"):
         pass
-    assert time.monotonic() - started < 1.5
+    waited = time.monotonic() - started
+    # held until the lease ran out (not taken at once), then handed over (not blocked for good)
+    assert 0.9 <= waited < 10
 
 
 def test_a_per_endpoint_hourly_budget_is_counted_per_path_template():
