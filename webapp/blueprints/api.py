@@ -90,6 +90,13 @@ def _body():
     return data
 
 
+def _object_body(what: str) -> dict:
+    data = _body()
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_request", f"Send one {what} as a JSON object.")
+    return data
+
+
 def _page_args() -> tuple[int, int]:
     fields = {}
     try:
@@ -235,9 +242,7 @@ def get_company(company_id: int):
 @public
 def upsert_company():
     """Upsert by external_id when given, else create."""
-    data = _body()
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_request", "Send one company as a JSON object.")
+    data = _object_body("company")
     fields: dict = {}
     name = _text(data, "name", fields, required=True)
     external_id = _text(data, "external_id", fields)
@@ -276,9 +281,7 @@ def list_products():
 @public
 def upsert_product():
     """Upsert by name (case-insensitive)."""
-    data = _body()
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_request", "Send one product as a JSON object.")
+    data = _object_body("product")
     fields: dict = {}
     name = _text(data, "name", fields, required=True)
     rule = _text(data, "count_rule", fields)
