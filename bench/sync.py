@@ -6,7 +6,7 @@ in this process, builds a throwaway database with the migrations, maps every sim
 sets the targets by count overrides, runs `python worker.py` processes and one sync per PSA, and prints:
 - PSA calls made vs the minimum needed: the fewest reads the API allows (ConnectWise: one per agreement;
   Autotask: two queries per 500 contracts; Kaseya BMS: one contracts lookup per 100 contracts, the services
-  catalog, and the related-services pages of each service), plus the fewest writes (ConnectWise and
+  catalog, and the related-services pages of each mapped service), plus the fewest writes (ConnectWise and
   Autotask: one per line whose quantity differs, a missing Autotask line included; Kaseya BMS: one per
   contract with any line to write, because its write takes every line of a contract at once);
 - wall time vs the bound: minimum calls × latency ÷ the PSA's allowed concurrency (Kaseya BMS documents
@@ -24,6 +24,7 @@ assuming the sync starts with the hour's budget unused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import math
 import os
@@ -194,15 +195,19 @@ def main() -> None:
                 else:
                     services = state.data["kaseya_bms"]["services"].values()
                     used = Counter(line["serviceId"] for line in state.data["kaseya_bms"]["contract_services"].values())
+                    mapped = {str(psa_id) for psa_id in psa_products.values()}
                     reads = (math.ceil(len(mappings) / 100) + 1
-                             + sum(max(1, math.ceil(used[s["id"]] / 100)) for s in services if s.get("isActive")))
+                             + sum(max(1, math.ceil(used[s["id"]] / 100)) for s in services
+                                   if s.get("isActive") and str(s["id"]) in mapped))
                 minimum = reads + writes
 
                 state.log.clear()
                 state.latency_ms = args.latency_ms
                 env = {**os.environ, **environ}
+                # Each worker in a session of its own, so its RQ scheduler child goes with it at the end.
                 workers = [subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=env,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            start_new_session=True)
                            for _ in range(args.workers)]
                 time.sleep(2)  # workers up before the clock starts
                 started = time.monotonic()
@@ -239,8 +244,9 @@ def main() -> None:
             db.engine.dispose()
     finally:
         for w in workers:
-            if w.poll() is None:
-                w.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(w.pid, signal.SIGKILL)
+            w.wait(10)
         server.shutdown()
         redis.flushdb()
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:

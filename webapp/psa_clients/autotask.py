@@ -443,7 +443,8 @@ class AutotaskClient(PsaClient):
             ))
         return sorted(agreements, key=lambda a: a.name.lower())
 
-    def read_lines(self, agreement_ids: Iterable[str], on: dt.date) -> dict[str, list[Line]]:
+    def read_lines(self, agreement_ids: Iterable[str], on: dt.date,
+                   product_ids: Iterable[str] | None = None) -> dict[str, list[Line]]:
         requested = list(dict.fromkeys(str(a) for a in agreement_ids))
         result: dict[str, list[Line]] = {a: [] for a in requested}
         key_of = {_int_id(a, "contract"): a for a in requested}

@@ -200,11 +200,14 @@ class PsaClient(abc.ABC):
         """Active agreements of a company (Autotask: Recurring Service contracts only)."""
 
     @abc.abstractmethod
-    def read_lines(self, agreement_ids: Iterable[str], on: dt.date) -> dict[str, list[Line]]:
+    def read_lines(self, agreement_ids: Iterable[str], on: dt.date,
+                   product_ids: Iterable[str] | None = None) -> dict[str, list[Line]]:
         """Current lines of many agreements, in as few calls as the API allows.
 
         Returns {agreement_id: [Line, ...]} with an entry (possibly empty) for every requested id.
         `on` is a date inside the billed month (Autotask reads the units of the period holding it).
+        `product_ids`, when given, are the only PSA products the caller needs lines of: a client
+        whose reads cost per product (Kaseya BMS) reads just those; others may return more.
         Raises NotFound if an agreement no longer exists (when the API can tell).
         """
 

@@ -512,7 +512,8 @@ class ConnectWiseClient(PsaClient):
     # ---------------------------------------------------------------------------------------------
     # Lines
     # ---------------------------------------------------------------------------------------------
-    def read_lines(self, agreement_ids: Iterable[str], on: dt.date) -> dict[str, list[Line]]:
+    def read_lines(self, agreement_ids: Iterable[str], on: dt.date,
+                   product_ids: Iterable[str] | None = None) -> dict[str, list[Line]]:
         # Additions exist only under one agreement (`/finance/agreements/{id}/additions`); the spec
         # has no cross-agreement additions list and no `agreementId in (...)` filter on another path
         # (notes §0.3, §2.4, §5 "Coverage"). `/system/bundles` could batch them but is unverified

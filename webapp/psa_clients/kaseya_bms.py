@@ -596,7 +596,8 @@ class KaseyaBmsClient(PsaClient):
             agreements.append(Agreement(str(contract_id), str(_ci(contract, "Name") or ""), str(account_id), detail))
         return sorted(agreements, key=lambda a: a.name.lower())
 
-    def read_lines(self, agreement_ids: Iterable[str], on: dt.date) -> dict[str, list[Line]]:
+    def read_lines(self, agreement_ids: Iterable[str], on: dt.date,
+                   product_ids: Iterable[str] | None = None) -> dict[str, list[Line]]:
         """The service lines of many contracts, without Units (the V2 API cannot report them).
 
         The V2 API has no "services of a contract" read (notes §3.4). The only documented read of
@@ -606,7 +607,9 @@ class KaseyaBmsClient(PsaClient):
         the active services catalog (1 call per 100 services, reused for 5 minutes), then 1
         related-services search per catalog service (filtered by contract name when reading one
         contract, else paged over every contract using that service). Read many contracts at once.
-        Each Line has quantity=None: unknown, so a sync writes the absolute target.
+        Each Line has quantity=None: unknown, so a sync writes the absolute target. With
+        `product_ids`, only those services are searched: one search per mapped service, whatever
+        the size of the catalog.
         """
         wanted = _int_ids(dict.fromkeys(str(a) for a in agreement_ids), "contract")
         result: dict[str, list[Line]] = {str(a): [] for a in wanted}
@@ -625,6 +628,9 @@ class KaseyaBmsClient(PsaClient):
                                     path_args={"serviceId": service_id}))
 
         services = list(self._catalog_by_id())
+        if product_ids is not None:
+            needed = {str(p) for p in product_ids}
+            services = [service for service in services if str(service) in needed]
         # Each service's pages are a chain; the services are independent, so a few are read at once
         # (no concurrency limit is documented: as many as SeatSync keeps writes in flight).
         with ThreadPoolExecutor(max_workers=max(1, min(READ_PARALLELISM, len(services)))) as pool:

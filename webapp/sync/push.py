@@ -290,6 +290,7 @@ class Pusher:
             .join(Product, Product.id == ProductMapping.product_id)
             .where(ProductMapping.integration_id == integration.id)
         ).all()
+        self.psa_product_ids = sorted({row.psa_product_id for row in self.product_maps})
 
     # -- reads ------------------------------------------------------------------------------------
     def last_written(self, mapping_ids: list[int]) -> dict[int, dict[str, float]]:
@@ -322,7 +323,7 @@ class Pusher:
     def read_lines(self, mappings: list[CompanyMapping]) -> dict[str, list] | None:
         """One batched read for all agreements; None when it failed (then each is read on its own)."""
         try:
-            return self.client.read_lines([m.agreement_id for m in mappings], self.on)
+            return self.client.read_lines([m.agreement_id for m in mappings], self.on, self.psa_product_ids)
         except CredentialsRejected:
             raise
         except PsaError as error:
@@ -332,7 +333,8 @@ class Pusher:
     def lines_of(self, mapping: CompanyMapping, batch: dict[str, list] | None) -> list:
         if batch is not None:
             return batch.get(mapping.agreement_id, [])
-        return self.client.read_lines([mapping.agreement_id], self.on).get(mapping.agreement_id, [])
+        return self.client.read_lines([mapping.agreement_id], self.on, self.psa_product_ids).get(
+            mapping.agreement_id, [])
 
     # -- the per-company loop -----------------------------------------------------------------------
     def push(self, rows: list[CompanyMapping]) -> None:

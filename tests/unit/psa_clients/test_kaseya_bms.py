@@ -383,6 +383,18 @@ def test_lines_of_many_contracts_cost_one_search_per_service_not_per_contract(cl
     assert len(query_of(api_calls(mocked)[0])["Ids"]) == 100
 
 
+def test_only_the_mapped_services_are_searched_when_the_caller_names_them(client, mocked):
+    mocked.get(f"{BASE}/v2/finance/contracts/lookup", json=envelope([{"id": 1000, "name": "Acme MS"},
+                                                                     {"id": 1001, "name": "Bluebird MS"}]))
+    mock_catalog(mocked, service_row(5, "Backup"), service_row(6, "Email"), service_row(7, "Training"))
+    mocked.post(f"{BASE}/v2/admin/finance/services/6/relatedservices/search",
+                json=envelope([related_row(60, 6, 1000)], total=1))
+    lines = client.read_lines(["1000", "1001"], ON, product_ids=["6"])
+    assert [(ln.product_id, ln.line_id) for ln in lines["1000"]] == [("6", "60")] and lines["1001"] == []
+    searched = [c.request.url for c in api_calls(mocked) if "relatedservices" in c.request.url]
+    assert searched == [f"{BASE}/v2/admin/finance/services/6/relatedservices/search"]
+
+
 def test_lines_carry_no_units_because_the_api_cannot_report_them(client, mocked):
     mocked.get(f"{BASE}/v2/finance/contracts/lookup", json=envelope([{"id": 1000, "name": "Acme MS"}]))
     mock_catalog(mocked, service_row(5, "Backup"))
