@@ -218,7 +218,9 @@ class KaseyaBmsClient(PsaClient):
     kind = "kaseya_bms"
     display_name = "Kaseya BMS"
     hourly_limit = 1500  # per endpoint (notes §4, Kaseya V2 help page)
-    concurrency_per_endpoint = None  # none documented
+    # None documented: SeatSync keeps to 3 at a time per endpoint across all workers, as the
+    # ConnectWise notes advise for a PSA without a published limit.
+    concurrency_per_endpoint = 3
     # The V2 API cannot report a contract service's Units: Line.quantity is None (notes §0.2, §3.4).
     quantity_readable: ClassVar[bool] = False
     credential_fields = (

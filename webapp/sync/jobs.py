@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import uuid
 
 from flask import current_app
@@ -41,16 +42,20 @@ DEFAULT_BATCH = 20
 # Companies per batch job, by what one line read costs:
 # - ConnectWise reads each agreement on its own, so small batches spread the run over workers at no cost;
 # - Autotask reads up to 500 contracts in two queries, so fewer, larger batches save read calls;
-# - Kaseya BMS reads contract lines per catalog service across the whole tenant, so every batch pays
-#   the same full read: one batch per run (its writes still run in parallel inside the job).
-BATCH_BY_KIND = {"connectwise": 20, "autotask": 50, "kaseya_bms": 1000}
+# - Kaseya BMS reads contract lines per mapped service across the whole tenant, so every batch pays the
+#   same full read: as many batches as writes may be in flight (3), so each runs on its own worker and
+#   the recording of results is shared out, for three full reads in all.
+BATCH_BY_KIND = {"connectwise": 20, "autotask": 50}
+SPLIT_IN_BATCHES = {"kaseya_bms": 3}
 
 
-def batch_size(kind: str) -> int:
+def batch_size(kind: str, companies: int) -> int:
     """Companies per batch job: big enough to batch the line reads, small enough to spread over workers."""
     configured = current_app.config.get("SYNC_BATCH_SIZE")
     if configured:
         return max(1, int(configured))
+    if kind in SPLIT_IN_BATCHES:
+        return max(1, math.ceil(companies / SPLIT_IN_BATCHES[kind]))
     return BATCH_BY_KIND.get(kind, DEFAULT_BATCH)
 
 
@@ -81,7 +86,7 @@ def plan_run(run_id: int, source_job_id: str | None = None) -> dict:
             .where(CompanyMapping.job_id == (source_job_id or run_job_prefix(run.id)), CompanyMapping.status.in_(BUSY))
             .order_by(CompanyMapping.agreement_id, CompanyMapping.id)
         ))
-        size = batch_size(integration.kind)
+        size = batch_size(integration.kind, len(ids))
         batches = []
         for n, start in enumerate(range(0, len(ids), size)):
             batch = ids[start:start + size]

@@ -591,13 +591,13 @@ def test_no_secret_reaches_an_error_a_repr_or_a_log(client, mocked, caplog):
     assert "***" in str(caught.value)
 
 
-def test_limits_are_1500_an_hour_per_endpoint_without_a_concurrency_cap(sleeps):
+def test_limits_are_1500_an_hour_per_endpoint_and_seatsyncs_own_three_at_a_time(sleeps):
     import fakeredis
 
     client = make_client("kaseya_bms", CREDS, redis=fakeredis.FakeRedis(), config={"HTTP_SLEEP": sleeps.append})
     assert client.http.limiter.hourly.amount == 1500
     assert client.http.limiter.hourly_per_endpoint is True
-    assert client.http.limiter.concurrency is None
+    assert client.http.limiter.concurrency == 3  # none documented: SeatSync's ceiling, shared by all workers
     assert "Pa55" not in client.http.limiter.tenant_key
 
 
