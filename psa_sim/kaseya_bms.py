@@ -406,16 +406,17 @@ def make_blueprint(state) -> Blueprint:
                 checked.append((item, service, units, effective))
             now = _utc(time.time())
             out = None
+            on_contract = {s["serviceId"]: s for s in t["contract_services"].values() if s["contractId"] == contract_id}
             for item, service, units, effective in checked:
                 # SeatSync's assumption (notes §8.1): one line per service per contract, upserted.
-                line = next((s for s in t["contract_services"].values()
-                             if s["contractId"] == contract_id and s["serviceId"] == service["id"]), None)
+                line = on_contract.get(service["id"])
                 if line is None:
                     line = {"id": _new_id(t), "contractId": contract_id, "serviceId": service["id"],
                             "serviceName": service["name"], "description": service["description"],
                             "unitCost": service["unitCost"], "unitPrice": service["unitPrice"], "units": 0,
                             "effectiveDate": effective, "sortOrder": 0, "createdOn": now, "history": []}
                     t["contract_services"][str(line["id"])] = line
+                    on_contract[service["id"]] = line
                 for field, key in (("ServiceName", "serviceName"), ("ServiceDescription", "description"),
                                    ("UnitCost", "unitCost"), ("UnitPrice", "unitPrice"), ("SortOrder", "sortOrder")):
                     if _ci(item, field) is not None:
