@@ -44,7 +44,7 @@ from .base import (
     WriteOptions,
     WriteResult,
 )
-from .http import PsaHttp, RequestLimiter, RetryPolicy, base_url_for, hourly_limit_for
+from .http import PsaHttp, RetryPolicy, base_url_for, limiter_for
 
 log = logging.getLogger(__name__)
 
@@ -231,13 +231,9 @@ class AutotaskClient(PsaClient):
         if self._redis is not None and self.http.limiter is None:
             database = zone.get("ci") or parts.netloc
             code_digest = hashlib.sha256(self._integration_code.encode()).hexdigest()[:16]
-            self.http.limiter = RequestLimiter(
-                self._redis,
-                tenant_key=f"autotask:{database}:{code_digest}",
-                hourly_limit=hourly_limit_for(self.hourly_limit, parts.netloc, self._dev_hosts, self._config),
-                concurrency=self.concurrency_per_endpoint,
-                sleep=self._sleep,
-            )
+            self.http.limiter = limiter_for(self, self._redis, tenant_key=f"autotask:{database}:{code_digest}",
+                                            host=parts.netloc, dev_hosts=self._dev_hosts, config=self._config,
+                                            sleep=self._sleep)
 
     def _headers(self) -> dict[str, str]:
         return {

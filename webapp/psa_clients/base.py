@@ -157,6 +157,7 @@ class PsaClient(abc.ABC):
     # per endpoint. None = no documented limit.
     hourly_limit: ClassVar[int | None] = None
     concurrency_per_endpoint: ClassVar[int | None] = None
+    hourly_per_endpoint: ClassVar[bool] = False  # True: the hourly budget counts per endpoint, not per tenant
     quantity_readable: ClassVar[bool] = True  # False: read_lines returns lines with quantity None
     credential_fields: ClassVar[tuple[CredentialField, ...]]
 

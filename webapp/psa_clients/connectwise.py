@@ -37,7 +37,7 @@ from .base import (
     WriteOptions,
     WriteResult,
 )
-from .http import PsaHttp, RequestLimiter, base_url_for
+from .http import PsaHttp, base_url_for, limiter_for
 
 log = logging.getLogger(__name__)
 
@@ -213,15 +213,8 @@ class ConnectWiseClient(PsaClient):
         self._keys_present = bool(self.company_id and values.get("public_key") and values.get("private_key"))
         self._auth = _ApiKeyAuth(self.company_id, values.get("public_key", ""), values.get("private_key", ""))
         sleep = config.get("HTTP_SLEEP") or time.sleep
-        limiter = None
-        if redis is not None:
-            limiter = RequestLimiter(
-                redis,
-                tenant_key=f"connectwise:{self.site}:{self.company_id.lower()}",
-                hourly_limit=self.hourly_limit,
-                concurrency=self.concurrency_per_endpoint,
-                sleep=sleep,
-            )
+        limiter = limiter_for(self, redis, tenant_key=f"connectwise:{self.site}:{self.company_id.lower()}",
+                              host=self.site, dev_hosts=self._dev_hosts, config=config, sleep=sleep)
         self.http = PsaHttp(limiter=limiter, policy=config.get("HTTP_RETRY_POLICY"), sleep=sleep)
         self._redis = redis
         self._root: str | None = None

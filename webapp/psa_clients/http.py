@@ -108,6 +108,21 @@ def hourly_limit_for(documented: int | None, host: str, dev_hosts: frozenset[str
     return documented
 
 
+def limiter_for(psa, redis, *, tenant_key: str, host: str, dev_hosts: frozenset[str], config,
+                sleep: Callable[[float], None]) -> RequestLimiter | None:
+    """The documented limits of a PSA client (its class attributes) for one tenant; None without Redis."""
+    if redis is None:
+        return None
+    return RequestLimiter(
+        redis,
+        tenant_key=tenant_key,
+        hourly_limit=hourly_limit_for(psa.hourly_limit, host, dev_hosts, config),
+        concurrency=psa.concurrency_per_endpoint,
+        hourly_per_endpoint=psa.hourly_per_endpoint,
+        sleep=sleep,
+    )
+
+
 class RequestLimiter:
     """Hourly budget per tenant and concurrent requests per endpoint, shared through Redis.
 

@@ -51,7 +51,7 @@ from .base import (
     WriteOptions,
     WriteResult,
 )
-from .http import PsaHttp, RequestLimiter, RetryPolicy, base_url_for, hourly_limit_for
+from .http import PsaHttp, RetryPolicy, base_url_for, limiter_for
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,7 @@ class KaseyaBmsClient(PsaClient):
     kind = "kaseya_bms"
     display_name = "Kaseya BMS"
     hourly_limit = 1500  # per endpoint (notes §4, Kaseya V2 help page)
+    hourly_per_endpoint = True
     # None documented: SeatSync keeps to 3 at a time per endpoint across all workers, as the
     # ConnectWise notes advise for a PSA without a published limit.
     concurrency_per_endpoint = 3
@@ -263,16 +264,8 @@ class KaseyaBmsClient(PsaClient):
         self._catalog: dict[int, dict] | None = None
         self._catalog_at = 0.0
         sleep = config.get("HTTP_SLEEP") or time.sleep
-        limiter = None
-        if redis is not None:
-            limiter = RequestLimiter(
-                redis,
-                tenant_key=f"kaseya_bms:{self.api_host}:{self.company.lower()}",
-                hourly_limit=hourly_limit_for(self.hourly_limit, self.api_host, self._dev_hosts, config),
-                concurrency=self.concurrency_per_endpoint,
-                hourly_per_endpoint=True,
-                sleep=sleep,
-            )
+        limiter = limiter_for(self, redis, tenant_key=f"kaseya_bms:{self.api_host}:{self.company.lower()}",
+                              host=self.api_host, dev_hosts=self._dev_hosts, config=config, sleep=sleep)
         self.http = PsaHttp(
             limiter=limiter, policy=config.get("HTTP_RETRY_POLICY") or RetryPolicy(),
             is_throttled=_is_throttled, sleep=sleep,
