@@ -47,6 +47,13 @@ def init_templating(app: Flask) -> None:
     app.jinja_env.filters["localtime"] = localtime
     app.jinja_env.filters["month"] = month_label
     app.jinja_env.filters["psa_name"] = psa_name
+    from .sync import state as sync_state  # the sync engine's words and colours, one place for every page
+
+    app.jinja_env.filters["run_words"] = sync_state.run_words
+    app.jinja_env.filters["line_words"] = sync_state.line_words
+    app.jinja_env.filters["verification_words"] = sync_state.verification_words
+    app.jinja_env.filters["tone"] = sync_state.tone
+    app.jinja_env.globals["sync_state"] = sync_state
 
     @app.context_processor
     def navigation():

@@ -33,7 +33,7 @@ from ..models._types import utcnow
 from ..psa_clients import PSA_KINDS, PsaError, ValidationFailed, client_class
 from ..queue import get_redis
 from ..security import admin_only
-from ..sync import SyncUnavailable, unavailable_reason
+from ..sync import ACTIVE_RUN, BUSY, CompanyStatus, SyncUnavailable, mapping_edited, shown_status, unavailable_reason
 from ..sync import start_sync as engine_start_sync
 from ..sync.schedule import next_slot
 from ..templating import org_zone
@@ -42,8 +42,8 @@ bp = Blueprint("integrations", __name__, url_prefix="/integrations")
 
 PAGE_SIZE = 50
 CACHE_SECONDS = 300  # PSA lists (products, company types) change rarely; Refresh fetches them again
-LIVE_STATUSES = ("queued", "syncing")
-LIVE_RUN_STATES = ("queued", "running")
+LIVE_STATUSES = BUSY
+LIVE_RUN_STATES = ACTIVE_RUN
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 FILTERS = OrderedDict([
     ("", "All companies"),
@@ -182,12 +182,10 @@ def latest_run(integration: Integration) -> SyncRun | None:
     )
 
 
-def display_status(mapping: CompanyMapping | None) -> str:
+def display_status(mapping: CompanyMapping | None, integration: Integration | None = None) -> CompanyStatus:
     if mapping is None:
-        return "never synced"
-    if mapping.excluded:
-        return "excluded"
-    return mapping.status or "never synced"
+        return CompanyStatus.NEVER_SYNCED
+    return shown_status(mapping, integration.enabled if integration is not None else True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,9 +209,9 @@ def company_page(integration: Integration, search: str = "", flt: str = "", page
         conditions += [or_(CompanyMapping.psa_company_id.is_(None), CompanyMapping.agreement_id.is_(None)),
                        excluded.is_(False)]
     elif flt == "attention":
-        conditions += [CompanyMapping.status == "needs attention", excluded.is_(False)]
+        conditions += [CompanyMapping.status == CompanyStatus.NEEDS_ATTENTION, excluded.is_(False)]
     elif flt == "error":
-        conditions += [CompanyMapping.status == "error", excluded.is_(False)]
+        conditions += [CompanyMapping.status == CompanyStatus.ERROR, excluded.is_(False)]
     elif flt == "excluded":
         conditions.append(excluded.is_(True))
     page = max(1, page)
@@ -707,8 +705,7 @@ def save_company(kind: str, company_id: int):
     mapping.agreement_id = agreement_id
     mapping.agreement_name = agreement["name"]
     if changed:
-        mapping.status = "never synced" if mapping.last_sync_at is None else mapping.status
-        mapping.status_reason = ""
+        mapping_edited(mapping)
         audit.record("company_mapping.saved", company.name, f"{company.name} mapped to {mapping.psa_company_name} "
                      f"/ {mapping.agreement_name} in {display_name(kind)}", before=before,
                      after={"psa_company": mapping.psa_company_name, f"{words.agreement}": mapping.agreement_name})

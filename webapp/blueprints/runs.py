@@ -12,15 +12,13 @@ import io
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, select
 
-from .. import audit
 from ..extensions import db, htmx
 from ..models import Company, CompanyMapping, LineResult, Product, SyncRun
-from ..queue import enqueue
+from ..sync import ACTIVE_RUN, LineAction, review_changes, verification_summary
 
 bp = Blueprint("runs", __name__, url_prefix="/runs")
 
 PER_PAGE = 50
-ACTIVE = ("queued", "running")
 CSV_COLUMNS = ("company", "agreement", "product", "psa_product_id", "line_id", "before", "target", "after",
                "action", "changed_in_psa", "message", "http_status", "hint", "psa_response", "at")
 
@@ -62,50 +60,33 @@ def _companies(run: SyncRun, status: str = ""):
 def detail(run_id: int):
     run = _run_or_404(run_id)
     if htmx and request.args.get("part") == "progress":
-        return render_template("runs/_progress.html", run=run)
+        return render_template("runs/_progress.html", run=run, verification=verification_summary(run.id))
     company = request.args.get("company", type=int)
     companies = _companies(run)
     if company:
         companies = [c for c in companies if c["mapping_id"] == company]
-    planned = sum(1 for c in companies for line, _ in c["lines"] if line.action == "planned")
-    return render_template("runs/detail.html", run=run, companies=companies, planned=planned, company=company)
+    planned = sum(1 for c in companies for line, _ in c["lines"] if line.action == LineAction.PLANNED)
+    return render_template("runs/detail.html", run=run, companies=companies, planned=planned, company=company,
+                           verification=verification_summary(run.id))
 
 
 @bp.post("/<int:run_id>/review")
 def review(run_id: int):
     """Approve or dismiss planned changes: the ticked ones, or all of them."""
-    from ..sync.push import maybe_finish, settle_mapping
-
     run = _run_or_404(run_id)
     decision = request.form.get("decision")
     if decision not in ("approve", "dismiss"):
         abort(400)
-    query = select(LineResult).where(LineResult.run_id == run.id, LineResult.action == "planned")
+    ids = None
     if request.values.get("scope") != "all":
-        ids = [int(i) for i in request.form.getlist("line") if i.isdigit()]
-        query = query.where(LineResult.id.in_(ids))
-    lines = db.session.scalars(query).all()
-    if not lines:
+        ids = [int(i) for i in request.form.getlist("line") if i.isdigit() and len(i) < 19]
+    count = review_changes(run, approve=decision == "approve", line_ids=ids)
+    if not count:
         flash("Nothing to review: tick at least one planned change.", "warning")
-        return redirect(url_for(".detail", run_id=run.id))
-    for line in lines:
-        line.action = "approved" if decision == "approve" else "dismissed"
-    audit.record(f"sync.review.{decision}", f"run {run.id}",
-                 f"{decision.title()}d {len(lines)} planned change(s) of sync run {run.id}",
-                 after={"lines": [line.id for line in lines]})
-    if run.state == "awaiting_review":
-        run.state = "running"
-    db.session.commit()
-    if decision == "approve":
-        from ..sync.push import push_approved
-
-        enqueue(push_approved, run.id, [line.id for line in lines], job_timeout=3600)
-        flash(f"{len(lines)} change(s) approved; they are being pushed now.", "success")
+    elif decision == "approve":
+        flash(f"{count} change(s) approved; they are being pushed now.", "success")
     else:
-        for mapping_id in {line.company_mapping_id for line in lines}:
-            settle_mapping(run.id, mapping_id)
-        maybe_finish(run.id)
-        flash(f"{len(lines)} change(s) dismissed; nothing was sent for them.", "success")
+        flash(f"{count} change(s) dismissed; nothing was sent for them.", "success")
     return redirect(url_for(".detail", run_id=run.id))
 
 
@@ -146,4 +127,4 @@ def _is_number(text: str) -> bool:
 
 
 def run_stats() -> dict:
-    return {"active": db.session.scalar(select(func.count(SyncRun.id)).where(SyncRun.state.in_(ACTIVE)))}
+    return {"active": db.session.scalar(select(func.count(SyncRun.id)).where(SyncRun.state.in_(ACTIVE_RUN)))}

@@ -19,20 +19,6 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "decreases_need_approval": False,
 }
 
-# Company mapping statuses (PRODUCT.md §3).
-STATUSES = (
-    "never synced",
-    "queued",
-    "syncing",
-    "in sync",
-    "updated",
-    "needs attention",
-    "error",
-    "excluded",
-    "disabled",
-)
-
-
 class Integration(db.Model):
     __tablename__ = "integrations"
 
@@ -88,10 +74,13 @@ class CompanyMapping(db.Model):
     agreement_id: Mapped[str | None] = mapped_column(String(64))
     agreement_name: Mapped[str] = mapped_column(String(255), default="")
     excluded: Mapped[bool] = mapped_column(default=False)
+    # webapp/sync/state.py CompanyStatus, written only there
     status: Mapped[str] = mapped_column(String(20), default="never synced")
     status_reason: Mapped[str] = mapped_column(Text, default="")
     last_sync_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     job_id: Mapped[str | None] = mapped_column(String(64))  # the RQ job pushing it now, if any
+    sync_run_id: Mapped[int | None] = mapped_column(  # …of this run
+        ForeignKey("sync_runs.id", ondelete="SET NULL", use_alter=True, name="fk_company_mappings_sync_run_id"))
 
     integration: Mapped[Integration] = relationship()
     company = relationship("Company")

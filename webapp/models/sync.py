@@ -11,7 +11,6 @@ from ..extensions import db
 from ._types import UtcDateTime, utcnow
 
 TRIGGERS = ("schedule", "sync_now", "row", "cli", "api")
-RUN_STATES = ("queued", "running", "awaiting_review", "finished", "failed", "cancelled")
 
 
 class SyncRun(db.Model):
@@ -27,7 +26,7 @@ class SyncRun(db.Model):
     company_mapping_id: Mapped[int | None] = mapped_column(ForeignKey("company_mappings.id", ondelete="SET NULL"))
     trigger: Mapped[str] = mapped_column(String(20))
     requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    state: Mapped[str] = mapped_column(String(20), default="queued")
+    state: Mapped[str] = mapped_column(String(20))  # webapp/sync/state.py RunState
     month: Mapped[dt.date | None] = mapped_column(Date)  # the month whose counts are pushed
     dry_run: Mapped[bool] = mapped_column(default=False)  # review before push: plan only
     total: Mapped[int] = mapped_column(default=0)  # companies in the run
@@ -37,7 +36,9 @@ class SyncRun(db.Model):
     needs_attention: Mapped[int] = mapped_column(default=0)
     errors: Mapped[int] = mapped_column(default=0)
     message: Mapped[str] = mapped_column(Text, default="")
-    job_id: Mapped[str | None] = mapped_column(String(64))
+    # Set by the job that must stop the run (rejected credentials); every job reads it at its next company.
+    stop_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    job_id: Mapped[str | None] = mapped_column(String(64))  # the planning job (webapp/sync/state.py JobRef)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
@@ -70,6 +71,8 @@ class LineResult(db.Model):
     hint: Mapped[str] = mapped_column(Text, default="")
     psa_response: Mapped[str] = mapped_column(Text, default="")
     changed_in_psa: Mapped[bool] = mapped_column(default=False)  # someone edited the line by hand
+    # After a write the line is read back: verified | mismatch | not_verifiable (webapp/sync/state.py).
+    verification: Mapped[str | None] = mapped_column(String(20))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
 
     run = relationship("SyncRun")

@@ -1,9 +1,13 @@
-"""The sync engine's public API: start a run, ask why one cannot start.
+"""The sync engine's public API: start a run, ask why one cannot start, review a run's changes.
 
 A run is claimed in the database (company mappings move to `queued` by a conditional UPDATE, so two
 "Sync now" clicks or a schedule firing during a manual run never claim one company twice), then
-fanned out into RQ jobs (webapp/sync/jobs.py). Progress lives on the rows — SyncRun counters,
+fanned out into RQ jobs (jobs.py). Progress lives on the rows — SyncRun counters,
 CompanyMapping.status — which the UI polls; RQ internals are never read by pages.
+
+The package by concern: state.py (states, words, every transition), leases.py, plan.py (pure),
+push.py (the one write path), record.py (results, intents, proof), jobs.py (RQ entry points and the
+sweeper), review.py (approve / dismiss), schedule.py (cron tick). Blueprints import from here only.
 """
 
 from __future__ import annotations
@@ -11,8 +15,22 @@ from __future__ import annotations
 from ..extensions import db
 from ..models import CompanyMapping, Integration, ProductMapping, SyncRun
 from ..models.users import User
+from . import state
+from .state import (
+    ACTIVE_RUN,
+    BUSY,
+    CompanyStatus,
+    LineAction,
+    RunState,
+    Verification,
+    line_words,
+    mapping_edited,
+    run_words,
+    shown_status,
+    tone,
+    verification_words,
+)
 
-BUSY = ("queued", "syncing")
 TRIGGERS = ("schedule", "sync_now", "row", "cli", "api")
 
 
@@ -63,7 +81,7 @@ def start_sync(
 
     Raises SyncUnavailable when the integration cannot sync or every company is already being synced.
     """
-    from .jobs import enqueue_run
+    from .jobs import enqueue_job
 
     if trigger not in TRIGGERS:
         raise ValueError(f"unknown trigger {trigger!r}")
@@ -82,25 +100,14 @@ def start_sync(
     if not db.session.execute(candidates.limit(1)).first():
         raise SyncUnavailable("No company is mapped yet: map at least one company to a PSA company and agreement.")
 
-    run = SyncRun(
+    run = state.new_run(
         integration_id=integration.id,
         company_mapping_id=company_mapping.id if company_mapping is not None else None,
         trigger=trigger,
         requested_by_id=user.id if user is not None else None,
-        state="queued",
         dry_run=bool(integration.option("review_before_push")),
     )
-    db.session.add(run)
-    db.session.flush()
-    # The claim: one conditional UPDATE, so a concurrent start (another click, the schedule, another
-    # web process) that committed first makes these rows not match, and they are not claimed twice.
-    claimed = db.session.execute(
-        db.update(CompanyMapping)
-        .where(CompanyMapping.id.in_(candidates.scalar_subquery()), CompanyMapping.status.not_in(BUSY))
-        .values(status="queued", status_reason="", job_id=f"sync-{run.id}")
-        .returning(CompanyMapping.id)
-        .execution_options(synchronize_session=False)
-    ).scalars().all()
+    claimed = state.claim_companies(run, candidates)
     if not claimed:
         db.session.rollback()
         if company_mapping is not None:
@@ -108,11 +115,17 @@ def start_sync(
         raise SyncUnavailable("A sync is already running for every mapped company; wait for it to finish.")
     run.total = len(claimed)
     db.session.commit()
-    enqueue_run(run)
+    enqueue_job(state.plan_ref(run))
     return run
 
 
-__all__ = ["SyncUnavailable", "start_sync", "unavailable_reason", "syncable_mappings_query", "BUSY"]
+from .review import review_changes  # noqa: E402
+from .state import verification_summary  # noqa: E402
+
+__all__ = ["SyncUnavailable", "start_sync", "unavailable_reason", "syncable_mappings_query", "review_changes",
+           "verification_summary",
+           "BUSY", "ACTIVE_RUN", "CompanyStatus", "LineAction", "RunState", "Verification",
+           "line_words", "mapping_edited", "run_words", "shown_status", "tone", "verification_words"]
 
 # Registers the cron-tick handlers (schedules, the stale-run sweeper) wherever the engine is loaded.
 from . import jobs as _jobs  # noqa: E402,F401
