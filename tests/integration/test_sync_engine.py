@@ -203,8 +203,8 @@ def test_a_worker_killed_mid_autotask_run_leaves_work_the_next_worker_finishes_w
 
     from tests.fixtures.workers import LEASE_SECONDS
     from webapp.models import PushIntent
-    from webapp.sync.jobs import sweep_stale_runs
     from webapp.models._types import utcnow
+    from webapp.sync.jobs import sweep_stale_runs
 
     # Lines that exist already (7, 9 and 11 units), so the first write is a bare delta.
     seats = {("Cedar Law Group", PM): 3, ("Evergreen Clinic", PM): 2, ("Granite Accounting", PM): 12}

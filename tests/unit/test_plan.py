@@ -8,7 +8,6 @@ from webapp.psa_clients.base import Line
 from webapp.sync.plan import (
     ProductTarget,
     billed_month_start,
-    company_outcome,
     needs_approval,
     plan_agreement,
     product_targets,
@@ -34,20 +33,20 @@ def test_a_missing_line_is_created_only_when_the_option_is_on_and_the_target_is_
     targets = [ProductTarget("p1", 2), ProductTarget("p2", 0)]
     assert kinds(plan_agreement(targets, [], create_missing_lines=True)) == [("p1", "create"), ("p2", "none")]
     off = plan_agreement(targets, [], create_missing_lines=False)
-    assert kinds(off) == [("p1", "needs_attention"), ("p2", "none")]
+    assert kinds(off) == [("p1", "attention"), ("p2", "none")]
     assert "create missing lines" in off[0].message
 
 
 def test_duplicate_lines_need_attention_and_nothing_is_written():
     (change,) = plan_agreement([ProductTarget("p1", 2)], [line("p1", 1, "1"), line("p1", 1, "2")],
                                create_missing_lines=True)
-    assert change.kind == "needs_attention" and "duplicate lines" in change.message and not change.writes
+    assert change.kind == "attention" and "duplicate lines" in change.message and not change.writes
 
 
 def test_an_unmapped_product_with_seats_needs_attention_and_lines_of_other_products_are_ignored():
     changes = plan_agreement([ProductTarget("p1", 1)], [line("p1", 1), line("other", 9, "9")],
                              create_missing_lines=True, unmapped=[(7, "Email Security", 4), (8, "Old", 0)])
-    assert kinds(changes) == [("p1", "none"), ("", "needs_attention")]
+    assert kinds(changes) == [("p1", "none"), ("", "attention")]
     assert "Email Security" in changes[1].message
 
 
@@ -81,11 +80,6 @@ def test_review_and_decreases_need_approval():
     assert needs_approval(up, review_before_push=True, decreases_need_approval=False)
 
 
-def test_a_company_status_is_its_worst_line():
-    assert company_outcome(["none", "updated", "error"]) == "error"
-    assert company_outcome(["none", "needs_attention", "updated"]) == "needs attention"
-    assert company_outcome(["none", "created"]) == "updated"
-    assert company_outcome(["none"]) == "in sync"
 
 
 def test_changes_take_effect_from_the_first_day_of_the_month_in_the_organisation_time_zone():

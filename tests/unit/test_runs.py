@@ -40,7 +40,7 @@ def test_the_runs_page_lists_each_run_with_its_trigger_and_counts(client, login_
     login_as("viewer")
     page = client.get("/runs/")
     assert page.status_code == 200
-    assert "Schedule" in page.text and "awaiting review" in page.text
+    assert "Schedule" in page.text and "waiting for approval" in page.text
     assert f"/runs/{reviewed_run.id}" in page.text
 
 

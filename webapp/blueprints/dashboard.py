@@ -5,6 +5,7 @@ from sqlalchemy import func
 
 from ..extensions import db
 from ..models import Company, CompanyMapping, Integration, Seat, SyncRun
+from ..sync import NEEDING_ATTENTION
 
 bp = Blueprint("dashboard", __name__)
 
@@ -14,8 +15,8 @@ def index():
     stats = {
         "companies": db.session.scalar(db.select(func.count(Company.id)).where(Company.active)),
         "seats": db.session.scalar(db.select(func.count(Seat.id))),
-        "needs_attention": db.session.scalar(
-            db.select(func.count(CompanyMapping.id)).where(CompanyMapping.status.in_(["needs attention", "error"]))
+        "attention": db.session.scalar(
+            db.select(func.count(CompanyMapping.id)).where(CompanyMapping.status.in_(NEEDING_ATTENTION))
         ),
     }
     integrations = db.session.scalars(db.select(Integration).order_by(Integration.kind)).all()

@@ -19,6 +19,7 @@ from . import state
 from .state import (
     ACTIVE_RUN,
     BUSY,
+    NEEDING_ATTENTION,
     CompanyStatus,
     LineAction,
     RunState,
@@ -124,7 +125,7 @@ from .state import verification_summary  # noqa: E402
 
 __all__ = ["SyncUnavailable", "start_sync", "unavailable_reason", "syncable_mappings_query", "review_changes",
            "verification_summary",
-           "BUSY", "ACTIVE_RUN", "CompanyStatus", "LineAction", "RunState", "Verification",
+           "BUSY", "ACTIVE_RUN", "NEEDING_ATTENTION", "CompanyStatus", "LineAction", "RunState", "Verification",
            "line_words", "mapping_edited", "run_words", "shown_status", "tone", "verification_words"]
 
 # Registers the cron-tick handlers (schedules, the stale-run sweeper) wherever the engine is loaded.

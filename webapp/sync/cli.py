@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from ..extensions import db
 from ..models import Company, CompanyMapping, Integration, SyncRun
+from .state import ACTIVE_RUN, RunState
 
 
 def _integrations(kind: str | None) -> list[Integration]:
@@ -65,11 +66,11 @@ def register_sync_cli(app: Flask) -> None:
             while pending and time.monotonic() < deadline:
                 time.sleep(0.5)
                 db.session.rollback()
-                pending = [r for r in pending if db.session.get(SyncRun, r).state in ("queued", "running")]
+                pending = [r for r in pending if db.session.get(SyncRun, r).state in ACTIVE_RUN]
             for run_id in runs:
                 run = db.session.get(SyncRun, run_id)
                 click.echo(_summary(run))
-                failed = failed or run.state in ("queued", "running", "failed") or run.errors > 0
+                failed = failed or run.state in (*ACTIVE_RUN, RunState.FAILED) or run.errors > 0
         if failed:
             raise SystemExit(1)
 

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from ..psa_clients.base import Line
 
 # What a change asks the PSA to do.
-NONE, UPDATE, CREATE, ATTENTION = "none", "update", "create", "needs_attention"
+NONE, UPDATE, CREATE, ATTENTION = "none", "update", "create", "attention"
 
 
 @dataclass(frozen=True)
@@ -135,18 +135,6 @@ def needs_approval(change: Change, *, review_before_push: bool, decreases_need_a
     if not change.writes:
         return False
     return review_before_push or (decreases_need_approval and change.is_decrease)
-
-
-def company_outcome(actions: Iterable[str]) -> str:
-    """A company mapping's status from its line actions (worst first)."""
-    actions = list(actions)
-    if "error" in actions:
-        return "error"
-    if "needs_attention" in actions or "planned" in actions:
-        return "needs attention"
-    if any(a in ("updated", "created", "replaced", "adjusted") for a in actions):
-        return "updated"
-    return "in sync"
 
 
 def billed_month_start(now: dt.datetime, timezone: str) -> dt.date:

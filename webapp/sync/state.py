@@ -69,6 +69,7 @@ class Verification(StrEnum):
 
 
 BUSY = (CompanyStatus.QUEUED, CompanyStatus.SYNCING)
+NEEDING_ATTENTION = (CompanyStatus.NEEDS_ATTENTION, CompanyStatus.ERROR)
 ACTIVE_RUN = (RunState.QUEUED, RunState.RUNNING)
 OPEN_RUN = (RunState.QUEUED, RunState.RUNNING, RunState.AWAITING_REVIEW)
 WRITTEN = (LineAction.UPDATED, LineAction.CREATED, LineAction.REPLACED, LineAction.ADJUSTED)
