@@ -3,8 +3,9 @@
 - Host safety (PRODUCT.md §5): only public HTTPS hosts with valid certificates; loopback, link-local
   and private addresses are refused unless listed in PSA_DEV_HOSTS, which are reached over plain
   HTTP exactly as typed (the PSA simulator).
-- Retries: connection errors, timeouts, 429/502/503/504 and PSA-specific throttling answers are
-  retried with exponential backoff and jitter (tenacity), honouring Retry-After. A write that is not
+- Retries: connection errors, timeouts, 429/5xx and PSA-specific throttling answers are retried
+  with exponential backoff and jitter (tenacity), honouring Retry-After. A 5xx a PSA means as its
+  answer (Autotask's errors list) is not a failure and is returned at once. A write that is not
   idempotent (an Autotask delta) is retried only when the PSA surely did not process it.
 - Limits: each PSA's documented hourly budget (a moving window from the `limits` library) and its
   concurrency per endpoint (a semaphore of short leases renewed while a request runs) are kept in
@@ -40,7 +41,7 @@ from .base import HostRefused, RateLimited, TransientError
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = {429, 502, 503, 504}
+RETRY_STATUSES = {429, 500, 502, 503, 504}
 # Statuses that mean "the PSA did not process the request", safe to retry even for a delta write.
 REJECTED_UNPROCESSED = {429, 503}
 
@@ -332,8 +333,9 @@ class PsaHttp:
     """A requests session with the retry rules and limits of one PSA tenant.
 
     `is_throttled(response)` lets a client recognise throttling that is not a 429 (Autotask's
-    thread-limit errors). Responses that are not retried are returned as they are; the client maps
-    them to typed errors with its own hints.
+    thread-limit errors); `is_answer(response)` a retry status that is the PSA's considered answer,
+    not a failure (Autotask's validation errors come as HTTP 500). Responses that are not retried are
+    returned as they are; the client maps them to typed errors with its own hints.
     """
 
     def __init__(
@@ -343,6 +345,7 @@ class PsaHttp:
         policy: RetryPolicy | None = None,
         timeout: tuple[float, float] = (5.0, 60.0),
         is_throttled: Callable[[requests.Response], bool] | None = None,
+        is_answer: Callable[[requests.Response], bool] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.session = requests.Session()
@@ -351,8 +354,15 @@ class PsaHttp:
         self.policy = policy or RetryPolicy()
         self.timeout = timeout
         self.is_throttled = is_throttled or (lambda response: False)
+        self.is_answer = is_answer or (lambda response: False)
         self.sleep = sleep
         self.calls = 0  # requests actually sent, for benchmarks and tests
+
+    def _retryable(self, response: requests.Response, idempotent: bool) -> bool:
+        """A failure status worth another try: any for a read, only "not processed" ones for a write."""
+        if response.status_code not in RETRY_STATUSES or self.is_answer(response):
+            return False
+        return idempotent or response.status_code in REJECTED_UNPROCESSED
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         error = state.outcome.exception()
@@ -396,7 +406,7 @@ class PsaHttp:
                     ) from None
             if self.is_throttled(response):
                 raise _Retry("throttled by the PSA", response=response, throttled=True)
-            if response.status_code in RETRY_STATUSES and (idempotent or response.status_code in REJECTED_UNPROCESSED):
+            if self._retryable(response, idempotent):
                 raise _Retry(f"HTTP {response.status_code}", response=response, throttled=response.status_code == 429)
             return response
 
