@@ -122,11 +122,11 @@ class Waiter:
 
 def test_slots_of_a_killed_worker_are_free_within_one_lease_while_a_live_one_keeps_them(real_redis):
     assert RequestLimiter.LEASE_SECONDS <= 10  # a restarted fleet is writing within seconds
-    lease = 2.0
+    lease = 3.0
     holder = start_holder(lease)
     try:
         waiter = Waiter(real_redis)
-        assert not waiter.got.wait(lease * 2.5)  # alive: its heartbeat keeps the slot past its lease
+        assert not waiter.got.wait(lease * 2)  # alive: its heartbeat keeps the slot past its lease
         holder.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         assert waiter.got.wait(lease + 5)
@@ -154,28 +154,31 @@ def test_a_worker_shutting_down_frees_its_slots_at_once_not_after_their_lease(re
 def test_a_request_longer_than_the_lease_keeps_its_slot_and_nobody_is_let_in_beside_it(redis, monkeypatch):
     monkeypatch.setattr(RequestLimiter, "LEASE_SECONDS", 1)
     in_flight, peak, lock = [0], [0], threading.Lock()
-    long_done = []
+    finished = []
+    slow_holds = threading.Event()
 
     def request(seconds):
         with limiter(redis, 1).slot("x"):
             with lock:
                 in_flight[0] += 1
                 peak[0] = max(peak[0], in_flight[0])
+            if seconds > 1:
+                slow_holds.set()
             time.sleep(seconds)
             with lock:
                 in_flight[0] -= 1
-        long_done.append(seconds)
+        finished.append(seconds)
 
     slow = threading.Thread(target=request, args=(3.5,))
     slow.start()
-    time.sleep(0.1)
+    assert slow_holds.wait(10)
     quick = [threading.Thread(target=request, args=(0.01,)) for _ in range(3)]
     for t in quick:
         t.start()
     for t in [slow, *quick]:
         t.join(15)
     assert peak[0] == 1  # 3.5 s is three leases: the slot was renewed, never handed out twice
-    assert long_done[0] == 3.5  # the quick requests waited for the long one to end
+    assert finished[0] == 3.5  # the quick requests waited for the long one to end
 
 
 def test_a_per_endpoint_hourly_budget_is_counted_per_path_template():
