@@ -3,6 +3,8 @@
 What is Autotask-specific, and where it comes from (psa/autotask.md):
 - The REST host depends on the tenant's zone: `zoneInformation?user=` (no auth) returns the REST root.
   It is cached (per client and, with Redis, for 12 hours across workers) and re-resolved once on 401.
+  An unknown username answers `500 {"errors":["Zone information could not be determined"]}`; any
+  other failure of the lookup is transient, and the last known zone (kept 30 days) is used instead.
 - Three auth headers: ApiIntegrationCode (the API tracking identifier), UserName, Secret.
 - Queries are `POST {Entity}/query` with a filter list (never empty), at most 500 records a page,
   following `pageDetails.nextPageUrl` by re-POSTing the same body.
@@ -54,6 +56,7 @@ PAGE_SIZE = 500  # Autotask's maximum and page size; larger values are rejected,
 IN_CHUNK = 500  # queries are limited to 500 OR conditions; an `in` list counts as such
 MAX_PAGES = 1000  # loop guard against a nextPageUrl that never ends
 ZONE_CACHE_SECONDS = 12 * 3600
+LAST_ZONE_SECONDS = 30 * 24 * 3600  # the last zone seen, used when a lookup fails (zones rarely move)
 RECURRING_SERVICE = 7  # Contracts.contractType (ContractServices entity doc)
 CONTRACT_ACTIVE = 1  # Contracts.status
 
@@ -67,6 +70,8 @@ PERMISSION_HINT = (
 _THREAD_LIMIT = re.compile(r"itgenatr005|thread threshold.*exceeded", re.IGNORECASE)
 _NO_PERMISSION = re.compile(r"adequate permissions|not have (the )?permission|not authorized", re.IGNORECASE)
 _MISSING = re.compile(r"no matching records|not found|does not exist", re.IGNORECASE)
+# What zoneInformation answers for a username it does not know (measured live by other clients).
+_UNKNOWN_USER = re.compile(r"zone information could not be determined", re.IGNORECASE)
 
 
 def error_messages(response: requests.Response) -> list[str]:
@@ -93,6 +98,20 @@ def is_thread_limited(response: requests.Response) -> bool:
     if response.status_code < 400:
         return False
     return any(_THREAD_LIMIT.search(message) for message in error_messages(response))
+
+
+def is_answer(response: requests.Response) -> bool:
+    """An HTTP 500 that is Autotask's answer, not a failure: not worth retrying.
+
+    Autotask sends validation, permission and missing-record errors as HTTP 500 with an errors list.
+    The zone lookup's only such answer is the unknown username; anything else it fails with is transient.
+    """
+    if response.status_code != 500:
+        return False
+    messages = error_messages(response)
+    if "zoneinformation" in urlsplit(response.url or "").path.lower():
+        return any(_UNKNOWN_USER.search(message) for message in messages)
+    return bool(messages)
 
 
 def parse_datetime(value: str | None) -> dt.datetime | None:
@@ -159,6 +178,7 @@ class AutotaskClient(PsaClient):
         self.http = PsaHttp(
             policy=config.get("HTTP_RETRY_POLICY") or RetryPolicy(),
             is_throttled=is_thread_limited,
+            is_answer=is_answer,
             sleep=self._sleep,
         )
 
@@ -183,42 +203,59 @@ class AutotaskClient(PsaClient):
     def _resolve_zone(self, *, fresh: bool = False) -> str:
         if self._base and not fresh:
             return self._base
-        zone = None
-        if self._redis is not None and not fresh:
-            cached = self._redis.get(self._zone_cache_key())
-            if cached:
-                zone = json.loads(cached)
+        zone = None if fresh else self._cached_zone(self._zone_cache_key())
         if zone is None:
-            zone = self._fetch_zone()
-            if self._redis is not None:
-                self._redis.set(self._zone_cache_key(), json.dumps(zone), ex=ZONE_CACHE_SECONDS)
+            zone = self._look_up_zone()
         self._use_zone(zone)
         return self._base
+
+    def _cached_zone(self, key: str) -> dict[str, Any] | None:
+        cached = self._redis.get(key) if self._redis is not None else None
+        return json.loads(cached) if cached else None
+
+    def _look_up_zone(self) -> dict[str, Any]:
+        """A fresh zone, or the last known one while the lookup fails for a reason other than the user."""
+        try:
+            zone = self._fetch_zone()
+        except TransientError as error:
+            known = self._zone or self._cached_zone(self._zone_cache_key() + ":last")
+            if known is None:
+                raise
+            log.warning("Autotask zone lookup failed (%s); using the last known zone %s", error, known.get("url"))
+            return known
+        if self._redis is not None:
+            value = json.dumps(zone)
+            self._redis.set(self._zone_cache_key(), value, ex=ZONE_CACHE_SECONDS)
+            self._redis.set(self._zone_cache_key() + ":last", value, ex=LAST_ZONE_SECONDS)
+        return zone
 
     def _fetch_zone(self) -> dict[str, Any]:
         if not self._username:
             raise CredentialsRejected("The Autotask username is missing.", hint=CREDENTIALS_HINT)
         self._zone_fetches += 1
-        # Zone discovery takes no auth headers and is exempt from thread limits.
+        # Zone discovery takes no auth headers and is exempt from thread limits. Failures that are
+        # not Autotask's answer (5xx, timeouts, connection errors) are retried by PsaHttp and end
+        # as TransientError there.
         response = self.http.request(
             "GET", self._zone_url, endpoint="ZoneInformation", params={"user": self._username},
         )
-        if response.status_code >= 400:
-            # Autotask answers 500 when it does not know the username.
+        messages = [self._scrub(m) for m in error_messages(response)]
+        if any(_UNKNOWN_USER.search(m) for m in messages):
             raise CredentialsRejected(
-                "Autotask could not find the zone of this API user: "
-                + ("; ".join(self._scrub(m) for m in error_messages(response)) or f"HTTP {response.status_code}"),
+                "Autotask could not find the zone of this API user: " + "; ".join(messages),
                 status=response.status_code,
                 hint="Check the Username: it is the API user's username, an email address. " + CREDENTIALS_HINT,
             )
         try:
             body = response.json()
         except ValueError:
-            body = {}
-        if not isinstance(body, dict) or not body.get("url"):
-            raise CredentialsRejected(
-                "Autotask did not return a zone for this API user.", status=response.status_code,
-                hint="Check the Username. " + CREDENTIALS_HINT,
+            body = None
+        if response.status_code >= 400 or not isinstance(body, dict) or not body.get("url"):
+            # Not an answer about the user (a gateway page, an outage, an empty body): try again later.
+            raise TransientError(
+                f"Autotask's zone lookup failed (HTTP {response.status_code}"
+                + (f": {'; '.join(messages)}" if messages else "") + ").",
+                status=response.status_code,
             )
         return {k: body.get(k) for k in ("zoneName", "url", "webUrl", "ci")}
 

@@ -52,6 +52,7 @@ CLOUD_API_HOSTS = {
 }
 PAGE_SIZE = 1000  # the API's hard maximum (notes §0.5); the default of 25 is a classic trap
 CODEBASE_CACHE_SECONDS = 12 * 3600  # re-read sooner on any 404 (hosted upgrades move it)
+LAST_CODEBASE_SECONDS = 30 * 24 * 3600  # the last codebase seen, used while companyinfo fails
 READ_PARALLELISM = 3  # notes §0.6: "serially, or at most two or three requests in parallel"
 
 KEYS_HINT = (
@@ -247,6 +248,9 @@ class ConnectWiseClient(PsaClient):
         # followed, so a hostile answer cannot redirect the keys to another host.
         url = f"{self._site_root()}/login/companyinfo/{quote(self.company_id, safe='')}"
         response = self.http.request("GET", url, endpoint="login/companyinfo", headers={"Accept": "application/json"})
+        if response.status_code >= 500:  # an outage says nothing about the site or the company
+            raise TransientError(f"ConnectWise Manage at {self.site} failed (HTTP {response.status_code}).",
+                                 status=response.status_code)
         info: Any = None
         answered = response.status_code == 200
         if answered:
@@ -280,16 +284,33 @@ class ConnectWiseClient(PsaClient):
         # Shared by every worker's client: a sync's batch jobs don't each ask companyinfo again.
         if self._redis is not None:
             self._redis.set(self._codebase_cache_key, codebase, ex=CODEBASE_CACHE_SECONDS)
+            self._redis.set(self._codebase_cache_key + ":last", codebase, ex=LAST_CODEBASE_SECONDS)
+
+    def _cached_codebase(self, key: str) -> str | None:
+        cached = self._redis.get(key) if self._redis is not None else None
+        return cached.decode() if cached else None
+
+    def _look_up_codebase(self) -> str:
+        """A fresh codebase, or the last known one while companyinfo fails without an answer about the company."""
+        try:
+            codebase = self._fetch_codebase()
+        except (TransientError, HostRefused) as error:
+            known = self._codebase or self._cached_codebase(self._codebase_cache_key + ":last")
+            if known is None:
+                raise
+            log.warning("ConnectWise companyinfo of %s failed (%s); using the last known codebase %s",
+                        self.site, error, known)
+            return known
+        self._remember_codebase(codebase)
+        return codebase
 
     def _api_base(self, *, fresh: bool = False) -> str:
         with self._lock:
-            if self._codebase is None and not fresh and self._redis is not None:
-                cached = self._redis.get(self._codebase_cache_key)
-                self._codebase = cached.decode() if cached else None
+            if self._codebase is None and not fresh:
+                self._codebase = self._cached_codebase(self._codebase_cache_key)
             if self._codebase is None or fresh:
                 self._check_ready()
-                self._codebase = self._fetch_codebase()
-                self._remember_codebase(self._codebase)
+                self._codebase = self._look_up_codebase()
             return f"{self._site_root()}/{self._codebase}apis/3.0"
 
     def _codebase_moved(self) -> bool:
@@ -299,8 +320,7 @@ class ConnectWiseClient(PsaClient):
                 return False
             self._codebase_rechecked = True
             old = self._codebase
-            self._codebase = self._fetch_codebase()
-            self._remember_codebase(self._codebase)
+            self._codebase = self._look_up_codebase()
             if self._codebase != old:
                 log.info("ConnectWise codebase of %s moved from %s to %s", self.site, old, self._codebase)
                 return True

@@ -3,22 +3,27 @@
 - Host safety (PRODUCT.md §5): only public HTTPS hosts with valid certificates; loopback, link-local
   and private addresses are refused unless listed in PSA_DEV_HOSTS, which are reached over plain
   HTTP exactly as typed (the PSA simulator).
-- Retries: connection errors, timeouts, 429/502/503/504 and PSA-specific throttling answers are
-  retried with exponential backoff and jitter (tenacity), honouring Retry-After. A write that is not
+- Retries: connection errors, timeouts, 429/5xx and PSA-specific throttling answers are retried
+  with exponential backoff and jitter (tenacity), honouring Retry-After. A 5xx a PSA means as its
+  answer (Autotask's errors list) is not a failure and is returned at once. A write that is not
   idempotent (an Autotask delta) is retried only when the PSA surely did not process it.
 - Limits: each PSA's documented hourly budget (a moving window from the `limits` library) and its
-  concurrency per endpoint (a leased semaphore) are kept in Redis, so every worker on every machine
-  shares them.
+  concurrency per endpoint (a semaphore of short leases renewed while a request runs) are kept in
+  Redis, so every worker on every machine shares them.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import email.utils
 import ipaddress
 import logging
+import math
+import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,12 +35,13 @@ import tenacity
 from limits import RateLimitItemPerHour
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
+from redis.exceptions import RedisError
 
 from .base import HostRefused, RateLimited, TransientError
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = {429, 502, 503, 504}
+RETRY_STATUSES = {429, 500, 502, 503, 504}
 # Statuses that mean "the PSA did not process the request", safe to retry even for a delta write.
 REJECTED_UNPROCESSED = {429, 503}
 
@@ -77,11 +83,26 @@ def check_public_host(host: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # Limits shared by all workers
 # --------------------------------------------------------------------------------------------------
+# Lease times come from the Redis server's clock, so workers on machines whose clocks disagree
+# neither steal live slots nor keep dead ones.
 _ACQUIRE_SLOT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-  redis.call('EXPIRE', KEYS[1], ARGV[5])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return 1
+end
+return 0
+"""
+# Extend a slot still held; a slot already reaped is not brought back (someone may have it now).
+_RENEW_SLOT = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
   return 1
 end
 return 0
@@ -126,13 +147,14 @@ def limiter_for(psa, redis, *, tenant_key: str, host: str, dev_hosts: frozenset[
 class RequestLimiter:
     """Hourly budget per tenant and concurrent requests per endpoint, shared through Redis.
 
-    A request waiting for a concurrency slot blocks on a wake-up list that every release pushes to,
-    so a freed slot is taken at once instead of after a polling back-off (which left the PSA's
-    allowed concurrency idle between calls). The short block timeout covers slots freed by lease
-    expiry (a worker killed mid-request).
+    A concurrency slot is a short lease (LEASE_SECONDS) that this process's heartbeat renews while
+    the request runs (see _HeldSlots), so a request of any length keeps its slot, while the slots of
+    a process killed mid-request are free again within one lease. A request waiting for a slot
+    blocks on a wake-up list that every release pushes to, so a freed slot is taken at once instead
+    of after a polling back-off; the short block timeout covers slots freed by lease expiry.
     """
 
-    LEASE_SECONDS = 120  # a worker killed mid-request frees its slot after this
+    LEASE_SECONDS = 10.0  # a process killed mid-request frees its slots after at most this
     WAKE_TIMEOUT = 0.05  # longest wait between two acquire attempts
 
     def __init__(
@@ -156,6 +178,7 @@ class RequestLimiter:
             storage = RedisStorage("redis://", connection_pool=redis.connection_pool, key_prefix="seatsync:psa-limit")
             self._window = MovingWindowRateLimiter(storage)
         self._acquire = redis.register_script(_ACQUIRE_SLOT) if concurrency else None
+        self._renew = redis.register_script(_RENEW_SLOT) if concurrency else None
         self._release = redis.register_script(_RELEASE_SLOT) if concurrency else None
 
     def budget_key(self, endpoint: str) -> str:
@@ -170,6 +193,10 @@ class RequestLimiter:
             log.info("PSA hourly budget used up for %s; waiting %.1fs", key, delay)
             self.sleep(delay)
 
+    def _key_lifetime(self) -> int:
+        """Seconds the slot set and wake-up list outlive their last use (Redis wants whole seconds)."""
+        return max(1, math.ceil(self.LEASE_SECONDS * 2))
+
     @contextlib.contextmanager
     def slot(self, endpoint: str) -> Iterator[None]:
         if self._window is not None:
@@ -178,18 +205,94 @@ class RequestLimiter:
             yield
             return
         key = f"seatsync:psa-slots:{self.tenant_key}:{endpoint.lower()}"
-        wake = f"{key}:wake"
         token = uuid.uuid4().hex
-        while True:
-            now = time.time()
-            lease = [now, now + self.LEASE_SECONDS, self.concurrency, token, self.LEASE_SECONDS * 2]
-            if self._acquire(keys=[key], args=lease):
-                break
-            self.redis.blpop([wake], timeout=self.WAKE_TIMEOUT)
+        while not self._acquire(keys=[key], args=[self.concurrency, token, self.LEASE_SECONDS, self._key_lifetime()]):
+            self.redis.blpop([f"{key}:wake"], timeout=self.WAKE_TIMEOUT)
+        _HELD.add(token, self, key)
         try:
             yield
         finally:
-            self._release(keys=[key, wake], args=[token, self.concurrency, self.LEASE_SECONDS * 2])
+            _HELD.discard(token)
+            self.release(key, token)
+
+    def renew(self, key: str, token: str) -> bool:
+        """Extend a held slot by one lease; False when it was already lost (its lease ran out)."""
+        return bool(self._renew(keys=[key], args=[token, self.LEASE_SECONDS, self._key_lifetime()]))
+
+    def release(self, key: str, token: str) -> None:
+        self._release(keys=[key, f"{key}:wake"], args=[token, self.concurrency, self._key_lifetime()])
+
+
+class _HeldSlots:
+    """The concurrency slots this process holds.
+
+    One daemon thread per process renews all of them every third of a lease, so a slot is kept for
+    as long as its request runs and no longer than one lease after its process dies. When the
+    process exits normally (including an RQ worker's warm shutdown after SIGTERM) the slots still
+    held, e.g. by a thread cut short, are released at once rather than after their lease. A forked
+    child starts with none: its parent's slots are its parent's to renew.
+    """
+
+    def __init__(self):
+        self._reset()
+        atexit.register(self.release_all)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._slots: dict[str, tuple[RequestLimiter, str]] = {}
+        self._wake = threading.Event()
+        self._period = math.inf  # seconds between two renewals: a third of the shortest lease held
+        self._heartbeat: threading.Thread | None = None
+
+    def add(self, token: str, limiter: RequestLimiter, key: str) -> None:
+        with self._lock:
+            idle = not self._slots
+            self._slots[token] = (limiter, key)
+            if self._heartbeat is None:
+                self._heartbeat = threading.Thread(target=self._beat, name="psa-slot-heartbeat", daemon=True)
+                self._heartbeat.start()
+        if idle or self._period > limiter.LEASE_SECONDS / 3:
+            self._wake.set()  # (re)start the beat for this slot's lease
+
+    def discard(self, token: str) -> None:
+        with self._lock:
+            self._slots.pop(token, None)
+
+    def _held(self) -> list[tuple[str, RequestLimiter, str]]:
+        with self._lock:
+            return [(token, limiter, key) for token, (limiter, key) in self._slots.items()]
+
+    def _beat(self) -> None:
+        while True:
+            self._wake.clear()
+            held = self._held()
+            if not held:
+                self._period = math.inf
+                self._wake.wait()  # idle until this process takes a slot
+                continue
+            self._period = min(limiter.LEASE_SECONDS for _token, limiter, _key in held) / 3
+            if not self._wake.wait(self._period):
+                self.renew_all()
+
+    def renew_all(self) -> None:
+        for token, limiter, key in self._held():
+            try:
+                if not limiter.renew(key, token):
+                    log.warning("PSA concurrency slot on %s lapsed before its request ended", key)
+                    self.discard(token)
+            except RedisError as error:  # the next beat tries again; the lease has two more beats of margin
+                log.warning("Could not renew a PSA concurrency slot on %s: %s", key, error)
+
+    def release_all(self) -> None:
+        for token, limiter, key in self._held():
+            self.discard(token)
+            with contextlib.suppress(RedisError):
+                limiter.release(key, token)
+
+
+_HELD = _HeldSlots()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,8 +333,9 @@ class PsaHttp:
     """A requests session with the retry rules and limits of one PSA tenant.
 
     `is_throttled(response)` lets a client recognise throttling that is not a 429 (Autotask's
-    thread-limit errors). Responses that are not retried are returned as they are; the client maps
-    them to typed errors with its own hints.
+    thread-limit errors); `is_answer(response)` a retry status that is the PSA's considered answer,
+    not a failure (Autotask's validation errors come as HTTP 500). Responses that are not retried are
+    returned as they are; the client maps them to typed errors with its own hints.
     """
 
     def __init__(
@@ -241,6 +345,7 @@ class PsaHttp:
         policy: RetryPolicy | None = None,
         timeout: tuple[float, float] = (5.0, 60.0),
         is_throttled: Callable[[requests.Response], bool] | None = None,
+        is_answer: Callable[[requests.Response], bool] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.session = requests.Session()
@@ -249,8 +354,15 @@ class PsaHttp:
         self.policy = policy or RetryPolicy()
         self.timeout = timeout
         self.is_throttled = is_throttled or (lambda response: False)
+        self.is_answer = is_answer or (lambda response: False)
         self.sleep = sleep
         self.calls = 0  # requests actually sent, for benchmarks and tests
+
+    def _retryable(self, response: requests.Response, idempotent: bool) -> bool:
+        """A failure status worth another try: any for a read, only "not processed" ones for a write."""
+        if response.status_code not in RETRY_STATUSES or self.is_answer(response):
+            return False
+        return idempotent or response.status_code in REJECTED_UNPROCESSED
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         error = state.outcome.exception()
@@ -294,7 +406,7 @@ class PsaHttp:
                     ) from None
             if self.is_throttled(response):
                 raise _Retry("throttled by the PSA", response=response, throttled=True)
-            if response.status_code in RETRY_STATUSES and (idempotent or response.status_code in REJECTED_UNPROCESSED):
+            if self._retryable(response, idempotent):
                 raise _Retry(f"HTTP {response.status_code}", response=response, throttled=response.status_code == 429)
             return response
 

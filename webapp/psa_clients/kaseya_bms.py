@@ -303,28 +303,34 @@ class KaseyaBmsClient(PsaClient):
                                       hint=CREDENTIALS_HINT)
         form = {"GrantType": "password", "UserName": self.username, "Password": self._password,
                 "Tenant": self.company}
+        # Logging in twice is harmless, so 5xx and timeouts are retried like a read.
         response = self.http.request(
-            "POST", self.base_url + ENDPOINT_PATHS["authenticate"], endpoint="authenticate",
+            "POST", self.base_url + ENDPOINT_PATHS["authenticate"], endpoint="authenticate", idempotent=True,
             files={k: (None, v) for k, v in form.items()},  # the spec's multipart/form-data
         )
         body = self._json(response)
-        if response.status_code >= 500:
-            raise TransientError(f"Kaseya BMS failed to log in (HTTP {response.status_code}).",
-                                 status=response.status_code)
-        if response.status_code >= 400 or not _ci(body, "Success"):
+        if _login_refused(response, body):
             message = self._message(body) or f"HTTP {response.status_code}"
             raise CredentialsRejected(f"Kaseya BMS refused the login: {message}", status=401, hint=CREDENTIALS_HINT)
-        self._take_token(_ci(body, "Result") or {})
+        if response.status_code != 200 or not _ci(_ci(body, "Result"), "AccessToken"):
+            # An outage, a gateway page, or a success without a token: nothing was said about the credentials.
+            raise TransientError(f"Kaseya BMS could not log in just now (HTTP {response.status_code}).",
+                                 status=response.status_code)
+        self._take_token(_ci(body, "Result"))
         log.info("Kaseya BMS: logged in to %s for company %s", self.api_host, self.company)
 
     def _refresh(self) -> bool:
         token = self._token
         if token is None or not token.refresh:
             return False
-        response = self.http.request(
-            "POST", self.base_url + ENDPOINT_PATHS["refreshtoken"], endpoint="refreshtoken",
-            files={"AccessToken": (None, token.access), "RefreshToken": (None, token.refresh)},
-        )
+        try:
+            response = self.http.request(
+                "POST", self.base_url + ENDPOINT_PATHS["refreshtoken"], endpoint="refreshtoken", idempotent=True,
+                files={"AccessToken": (None, token.access), "RefreshToken": (None, token.refresh)},
+            )
+        except TransientError as error:  # a refresh is only a shortcut: a new login may still work
+            log.info("Kaseya BMS: token refresh failed (%s); logging in again", error)
+            return False
         body = self._json(response)
         if response.status_code != 200 or not _ci(body, "Success") or not _ci(_ci(body, "Result"), "AccessToken"):
             return False
@@ -333,8 +339,6 @@ class KaseyaBmsClient(PsaClient):
 
     def _take_token(self, result: dict) -> None:
         access = _ci(result, "AccessToken")
-        if not access:
-            raise CredentialsRejected("Kaseya BMS answered the login without a token.", hint=CREDENTIALS_HINT)
         now = time.time()
         expires_at = _parse_time(_ci(result, "AccessTokenExpireOn"))
         if expires_at is None or expires_at <= now:  # missing, or a zone-less local time read as UTC
@@ -774,6 +778,17 @@ class KaseyaBmsClient(PsaClient):
 
     def _service(self, service_id: int) -> dict:
         return _ci(self._call("GET", "services/get", path_args={"serviceId": service_id}), "Result") or {}
+
+
+def _login_refused(response: requests.Response, body: Any) -> bool:
+    """Only a real refusal of the login: 400/401/403, or the envelope saying Success=false.
+
+    A 5xx, a body that is not the envelope, or a success without a token says nothing about the
+    credentials (and throttling, also Success=false, was already retried by PsaHttp).
+    """
+    if response.status_code in (400, 401, 403):
+        return True
+    return response.status_code == 200 and isinstance(body, dict) and _ci(body, "Success") is False
 
 
 def _is_throttled(response: requests.Response) -> bool:

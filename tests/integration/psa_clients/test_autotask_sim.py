@@ -52,6 +52,22 @@ def test_the_sim_credentials_authenticate_and_a_wrong_secret_is_rejected_with_a_
         autotask(psa_sim, username="nobody@seatsync.test").check_credentials()
 
 
+@pytest.mark.parametrize("kind", [None, "empty"], ids=["500 with an error body", "500 without a body"])
+def test_one_500_on_the_zone_lookup_is_retried_and_never_rejects_the_credentials(psa_sim, real_redis, kind):
+    psa_sim.faults(rules=[{"psa": "autotask", "path_contains": "zoneInformation", "status": 500, "kind": kind}])
+    assert "api@seatsync.test" in autotask(psa_sim, real_redis).check_credentials()
+    zone_statuses = [r["status"] for r in psa_sim.requests("autotask") if "zoneinformation" in r["path"].lower()]
+    assert zone_statuses == [500, 200]
+
+
+def test_a_zone_lookup_failing_for_good_falls_back_to_the_zone_another_worker_saw(psa_sim, real_redis):
+    autotask(psa_sim, real_redis).check_credentials()
+    expired = [key for key in real_redis.keys("seatsync:autotask-zone:*") if not key.endswith(b":last")]
+    real_redis.delete(*expired)  # the 12-hour cache ran out; the long-lived copy is left
+    psa_sim.faults(rules=[{"psa": "autotask", "path_contains": "zoneInformation", "status": 500, "times": -1}])
+    assert [p.name for p in autotask(psa_sim, real_redis).list_products("backup")] == ["Endpoint Backup"]
+
+
 def test_products_are_the_active_services(psa_sim):
     client = autotask(psa_sim)
     names = [p.name for p in client.list_products()]

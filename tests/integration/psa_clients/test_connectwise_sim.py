@@ -39,6 +39,13 @@ def test_good_credentials_authenticate_and_name_the_tenant(client):
     assert client.check_credentials().startswith("SeatSync Sim MSP — ConnectWise Manage")
 
 
+@pytest.mark.parametrize("status", [500, 503])
+def test_one_failed_companyinfo_is_retried_and_never_rejects_the_credentials(client, psa_sim, status):
+    psa_sim.faults(rules=[{"psa": "connectwise", "path_contains": "companyinfo", "status": status}])
+    assert client.check_credentials().startswith("SeatSync Sim MSP")
+    assert [r["status"] for r in sim_requests(psa_sim, "connectwise", "companyinfo")] == [status, 200]
+
+
 def test_wrong_private_key_is_rejected_with_a_re_enter_hint(connect):
     with pytest.raises(CredentialsRejected) as error:
         connect(private_key="not-the-key").check_credentials()

@@ -47,6 +47,13 @@ def sim_lines(psa_sim, contract_id: str) -> list[dict]:
     return [s for s in psa_sim.data("kaseya_bms")["contract_services"].values() if str(s["contractId"]) == contract_id]
 
 
+@pytest.mark.parametrize("status", [500, 503])
+def test_one_failed_login_is_retried_and_never_rejects_the_credentials(client, psa_sim, status):
+    psa_sim.faults(rules=[{"psa": "kaseya_bms", "path_contains": "authenticate", "status": status}])
+    assert client.check_credentials() == f"Kaseya BMS company “SeatSync Sim” on {psa_sim.host}"
+    assert [r["status"] for r in sim_requests(psa_sim, "kaseya_bms", "authenticate")] == [status, 200]
+
+
 def test_good_credentials_authenticate_and_name_the_company(client, psa_sim):
     assert client.check_credentials() == f"Kaseya BMS company “SeatSync Sim” on {psa_sim.host}"
 

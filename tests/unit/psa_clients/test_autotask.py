@@ -147,12 +147,77 @@ def test_wrong_secret_is_reported_with_a_hint_to_re_enter_the_credentials(client
     assert len(api_calls(mocked)) == 1  # the zone was fresh: no pointless second lookup
 
 
-def test_an_unknown_username_is_reported_at_the_zone_lookup(client):
+def test_an_unknown_username_is_reported_at_the_zone_lookup_without_retrying_it(client, sleeps):
     with responses.RequestsMock() as rsps:
         rsps.get(ZONE_URL, status=500, json={"errors": ["Zone information could not be determined"]})
         with pytest.raises(CredentialsRejected) as caught:
             client.check_credentials()
+        assert len(rsps.calls) == 1 and sleeps == []  # Autotask's answer about the user: asking again changes nothing
     assert "Username" in caught.value.hint
+
+
+ZONE_FAILURES = {
+    "http 500 without a body": {"status": 500, "body": ""},
+    "http 500 with another error": {"status": 500, "json": {"errors": ["An unexpected error has occurred."]}},
+    "gateway page": {"status": 502, "body": "<html>Bad gateway</html>"},
+    "timeout": {"body": requests.ReadTimeout("read timed out")},
+    "connection refused": {"body": requests.ConnectionError("connection refused")},
+}
+
+
+@pytest.mark.parametrize("failure", ZONE_FAILURES.values(), ids=ZONE_FAILURES.keys())
+def test_a_failing_zone_lookup_is_retried_then_transient_never_rejected_credentials(client, sleeps, failure):
+    with responses.RequestsMock() as rsps:
+        for _ in range(4):
+            rsps.get(ZONE_URL, **failure)
+        with pytest.raises(TransientError) as caught:
+            client.check_credentials()
+        assert len(rsps.calls) == 4 and len(sleeps) == 3  # retried with backoff first
+    assert not isinstance(caught.value, CredentialsRejected)
+    assert "re-enter" not in caught.value.hint
+
+
+def test_a_zone_lookup_answering_200_without_a_zone_is_transient(client):
+    with responses.RequestsMock() as rsps:
+        rsps.get(ZONE_URL, body="<html>maintenance</html>")
+        with pytest.raises(TransientError):
+            client.check_credentials()
+
+
+def test_one_failed_zone_lookup_costs_a_retry_not_the_run(client, sleeps):
+    with responses.RequestsMock() as rsps:
+        rsps.get(ZONE_URL, status=500, body="")
+        rsps.get(ZONE_URL, json=ZONE)
+        rsps.post(BASE + "Services/query", json=page([{"id": 5, "name": "Backup"}]))
+        assert [p.name for p in client.list_products()] == ["Backup"]
+    assert len(sleeps) == 1
+
+
+def test_a_failing_zone_lookup_falls_back_to_the_last_known_zone_after_the_cache_expired(sleeps):
+    redis = fakeredis.FakeRedis()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.get(ZONE_URL, json=ZONE)
+        rsps.post(BASE + "Services/query", json=page([{"id": 5, "name": "Backup"}]))
+        first = make_autotask(sleeps, redis=redis)
+        first.list_products()
+        redis.delete(first._zone_cache_key())  # the 12-hour cache ran out
+        rsps.replace(responses.GET, ZONE_URL, status=500, body="")
+
+        later = make_autotask(sleeps, redis=redis)
+        assert [p.name for p in later.list_products()] == ["Backup"]
+        assert sum("zoneInformation" in c.request.url for c in rsps.calls) == 1 + 4  # looked up, kept failing
+
+
+def test_a_real_401_stays_rejected_credentials_when_looking_up_the_zone_again_fails(client, sleeps):
+    with responses.RequestsMock() as rsps:
+        rsps.get(ZONE_URL, json=ZONE)
+        rsps.post(BASE + "Companies/query", json=page([{"id": 0}]))
+        client.check_credentials()
+        rsps.replace(responses.GET, ZONE_URL, status=503, body="")
+        rsps.post(BASE + "Services/query", status=401)
+        with pytest.raises(CredentialsRejected) as caught:
+            client.list_products()
+    assert caught.value.status == 401
 
 
 def test_a_zone_on_a_private_address_is_refused(client):
@@ -214,6 +279,20 @@ def test_a_validation_error_sent_as_http_500_is_not_treated_as_transient(client,
     with pytest.raises(ValidationFailed, match="effectiveDate must be within"):
         client.set_quantity("11", "22", 7, current=current, options=WriteOptions(effective_date=ON))
     assert len(api_calls(mocked)) == 1
+
+
+def test_a_validation_error_on_a_query_is_autotasks_answer_and_not_retried(client, mocked, sleeps):
+    mocked.post(BASE + "Services/query", status=500, json={"errors": ["Unable to find field xyz in Service."]})
+    with pytest.raises(ValidationFailed, match="Unable to find field xyz"):
+        client.list_products()
+    assert len(api_calls(mocked)) == 1 and sleeps == []
+
+
+def test_a_429_with_an_errors_list_is_still_retried(client, mocked, sleeps):
+    mocked.post(BASE + "Services/query", status=429, json={"errors": ["Too many requests"]})
+    mocked.post(BASE + "Services/query", json=page([]))
+    assert client.list_products() == []
+    assert len(sleeps) == 1
 
 
 def test_a_bare_http_500_is_transient(client, mocked):

@@ -9,7 +9,9 @@ import logging
 import socket
 from urllib.parse import parse_qs, urlsplit
 
+import fakeredis
 import pytest
+import requests
 import responses
 
 from webapp.psa_clients import make_client
@@ -422,6 +424,66 @@ def test_a_create_that_hit_a_gateway_error_is_not_blindly_posted_again(api, clie
         client.set_quantity("7", "11", 4, current=None, options=WriteOptions(effective_date=dt.date(2026, 6, 1)))
     assert error.value.status == 502
     assert len(api_calls(api)) == 1  # the PSA may have created it: the next run re-reads first
+
+
+def test_a_read_answered_500_is_retried_like_a_gateway_error(api, client, sleeps):
+    api.get(f"{API}/finance/agreements", status=500, json={"code": "Unexpected", "message": "An error occurred"})
+    api.get(f"{API}/finance/agreements", json=[])
+    assert client.list_agreements("250") == []
+    assert len(api_calls(api)) == 2 and len(sleeps) == 1
+
+
+def test_a_create_answered_500_is_transient_and_not_posted_again(api, client):
+    api.post(f"{API}/finance/agreements/7/additions", status=500, json={"code": "Unexpected", "message": "oops"})
+    with pytest.raises(TransientError) as error:
+        client.set_quantity("7", "11", 4, current=None, options=WriteOptions(effective_date=dt.date(2026, 6, 1)))
+    assert error.value.status == 500
+    assert len(api_calls(api)) == 1  # the engine re-reads before any retry
+
+
+COMPANYINFO_FAILURES = {
+    "http 500": {"status": 500, "body": "<html>Server Error</html>"},
+    "gateway page": {"status": 503, "body": ""},
+    "timeout": {"body": requests.ReadTimeout("read timed out")},
+    "connection refused": {"body": requests.ConnectionError("connection refused")},
+}
+
+
+@pytest.mark.parametrize("failure", COMPANYINFO_FAILURES.values(), ids=COMPANYINFO_FAILURES.keys())
+def test_a_failing_companyinfo_is_retried_then_transient_never_rejected_credentials(client, sleeps, failure):
+    with responses.RequestsMock() as rsps:
+        for _ in range(4):
+            rsps.get(INFO_URL, **failure)
+        with pytest.raises(TransientError) as error:
+            client.check_credentials()
+        assert len(rsps.calls) == 4 and len(sleeps) == 3
+    assert not isinstance(error.value, CredentialsRejected | HostRefused)
+
+
+def test_a_failing_companyinfo_falls_back_to_the_last_known_codebase_after_the_cache_expired(sleeps):
+    redis = fakeredis.FakeRedis()
+    config = {"CW_CLIENT_ID": CLIENT_ID, "HTTP_SLEEP": sleeps.append, "HTTP_RETRY_POLICY": RetryPolicy(attempts=4)}
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.get(INFO_URL, json={**COMPANY_INFO, "Codebase": "v2025_1/"})
+        agreements = f"{SITE}/v2025_1/apis/3.0/finance/agreements"
+        rsps.get(agreements, json=[])
+        first = make_client("connectwise", CREDENTIALS, redis=redis, config=config)
+        first.list_agreements("250")
+        redis.delete(first._codebase_cache_key)  # the 12-hour cache ran out
+        rsps.replace(responses.GET, INFO_URL, status=500, body="")
+
+        later = make_client("connectwise", CREDENTIALS, redis=redis, config=config)
+        assert later.list_agreements("250") == []
+        assert rsps.calls[-1].request.url.startswith(agreements)
+
+
+def test_a_404_whose_codebase_recheck_fails_stays_a_404(api, client):
+    api.get(f"{API}/finance/agreements/7/additions", status=404, json={"code": "NotFound", "message": "gone"})
+    api.get(f"{API}/finance/agreements", json=[])
+    client.list_agreements("250")  # the codebase is known
+    api.replace(responses.GET, INFO_URL, status=500, body="")
+    with pytest.raises(NotFound):
+        client.read_lines(["7"], dt.date(2026, 6, 1))
 
 
 def test_secrets_never_reach_messages_reprs_or_logs(api, caplog):

@@ -11,6 +11,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 import responses
 
 from webapp.psa_clients import (
@@ -197,6 +198,43 @@ def test_missing_company_400_is_reported_as_rejected_credentials(client, mocked)
                    json=envelope(success=False, code=400, message="Tenant can't be empty"))
     with pytest.raises(CredentialsRejected, match="Tenant can't be empty"):
         client.check_credentials()
+
+
+LOGIN_FAILURES = {
+    "http 500": {"status": 500, "json": envelope(success=False, code=500, message="Internal error")},
+    "gateway page": {"status": 502, "body": "<html>Bad gateway</html>"},
+    "timeout": {"body": requests.ReadTimeout("read timed out")},
+    "connection refused": {"body": requests.ConnectionError("connection refused")},
+    "200 that is not the envelope": {"body": "<html>Down for maintenance</html>"},
+    "200 success without a token": {"json": envelope({"accessToken": None})},
+}
+
+
+@pytest.mark.parametrize("failure", LOGIN_FAILURES.values(), ids=LOGIN_FAILURES.keys())
+def test_a_login_that_fails_without_refusing_is_transient_never_rejected_credentials(client, mocked, failure):
+    mocked.replace(responses.POST, f"{BASE}/v2/security/authenticate", **failure)
+    with pytest.raises(TransientError) as caught:
+        client.check_credentials()
+    assert not isinstance(caught.value, CredentialsRejected)
+    assert PASSWORD not in str(caught.value)
+
+
+def test_a_login_answered_500_once_is_retried_and_the_sync_goes_on(client, mocked, sleeps):
+    url = f"{BASE}/v2/security/authenticate"
+    mocked.replace(responses.POST, url, status=500, body="")
+    mocked.post(url, json=envelope(token()))
+    mocked.get(f"{BASE}/v2/system/accounttypes/lookup", json=envelope([]))
+    assert client.company_scope_options()["types"] == []
+    assert sum(c.request.url == url for c in mocked.calls) == 2 and len(sleeps) == 1
+
+
+def test_a_refresh_that_times_out_falls_back_to_a_login_not_to_rejected_credentials(client, mocked):
+    mocked.post(f"{BASE}/v2/security/refreshtoken", body=requests.ReadTimeout("read timed out"))
+    mocked.get(f"{BASE}/v2/system/accounttypes/lookup", json=envelope([]))
+    client.company_scope_options()
+    client._token.expires_at = time.time()
+    assert client.company_scope_options()["types"] == []
+    assert sum(c.request.url.endswith("/authenticate") for c in mocked.calls) == 2
 
 
 def test_pascal_case_answers_are_understood_as_well_as_camel_case(client, mocked):
