@@ -418,6 +418,11 @@ class PsaHttp:
                 self.calls += 1
                 try:
                     response = self.session.request(method, url, **kwargs)
+                except requests.exceptions.SSLError:
+                    host = urlsplit(url).hostname
+                    raise HostRefused(f"{host} did not present a valid certificate for its name.",
+                                      hint="Check the host name; SeatSync only talks to PSAs with valid certificates.",
+                                      ) from None
                 except (requests.ConnectionError, requests.Timeout) as exc:
                     # A refused connection or connect timeout never reached the PSA: always safe.
                     unsent = isinstance(exc, requests.ConnectTimeout) or (

@@ -34,7 +34,7 @@ def _base64_cores(secret: bytes) -> set[str]:
 def forms_of(secret: str) -> set[str]:
     """Every way `secret` can come back in a PSA's answer."""
     raw = secret.encode()
-    forms = {secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1]}
+    forms = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1]}
     forms.add(base64.b64encode(raw).decode("ascii"))
     forms.update(_base64_cores(raw))
     return {form for form in forms if len(form) >= MIN_LENGTH}
