@@ -1,8 +1,11 @@
 """The HTTP layer every PSA client shares: host safety, retries, and limits across all workers.
 
 - Host safety (PRODUCT.md §5): only public HTTPS hosts with valid certificates; loopback, link-local
-  and private addresses are refused unless listed in PSA_DEV_HOSTS, which are reached over plain
-  HTTP exactly as typed (the PSA simulator).
+  and private addresses (also IPv4 inside IPv6: mapped, NAT64, 6to4, Teredo) are refused unless
+  listed in PSA_DEV_HOSTS, which are reached over plain HTTP exactly as typed (the PSA simulator).
+  Every URL is checked when it is requested, whoever built it (pagination links, zone answers), the
+  connection goes to the address that was checked (no second DNS lookup), redirects are never
+  followed, and proxies from the environment are not used (they would resolve the host themselves).
 - Retries: connection errors, timeouts, 429/502/503/504 and PSA-specific throttling answers are
   retried with exponential backoff and jitter (tenacity), honouring Retry-After. A write that is not
   idempotent (an Autotask delta) is retried only when the PSA surely did not process it.
@@ -377,7 +380,8 @@ class PsaHttp:
             raise HostRefused(f"SeatSync reaches {host} only over HTTPS; a {parts.scheme}:// address was refused.")
         if (host, port) not in self._pins:
             addresses = resolve(host, port) if dev else check_public_host(host, port)
-            self._pins[(host, port)] = addresses[0]
+            # One address per host: IPv4 first, which every host (a Heroku dyno has no IPv6 route) reaches.
+            self._pins[(host, port)] = next((a for a in addresses if ":" not in a), addresses[0])
 
     def _redirect_error(self, response: requests.Response) -> HostRefused:
         target = urlsplit(response.headers.get("Location", "")).hostname or "another address"
