@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import current_app
 
-from .crypto import decrypt_json, encrypt_json
+from .crypto import cipher, decrypt_json, encrypt_json
 from .extensions import db
 from .models import Integration, Organisation
 from .psa_clients import PSA_KINDS, PsaClient, client_class, make_client
@@ -36,6 +36,7 @@ def client_config() -> dict[str, Any]:
         "CW_CLIENT_ID": Organisation.get().cw_client_id or config.get("CW_CLIENT_ID", ""),
         "AUTOTASK_ZONE_URL": config.get("AUTOTASK_ZONE_URL"),
         "DEV_HOSTS_NO_HOURLY_LIMIT": bool(config.get("PSA_DEV_HOSTS_NO_HOURLY_LIMIT")),
+        "TOKEN_CIPHER": cipher(),  # PSA tokens shared through Redis are encrypted like credentials
         **config.get("PSA_CLIENT_OVERRIDES", {}),  # tests: no-op sleeps, short retry policies
     }
 

@@ -16,6 +16,11 @@ def _fernet() -> MultiFernet:
     return MultiFernet([Fernet(key.encode()) for key in current_app.config["ENCRYPTION_KEYS"]])
 
 
+def cipher() -> MultiFernet:
+    """The credential key as an object (`encrypt`/`decrypt` of bytes), for secrets kept outside the database."""
+    return _fernet()
+
+
 def encrypt_json(values: dict) -> str:
     return _fernet().encrypt(json.dumps(values).encode()).decode()
 

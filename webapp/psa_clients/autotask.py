@@ -176,11 +176,13 @@ class AutotaskClient(PsaClient):
         self._base: str | None = None
         self._zone_fetches = 0
         self.http = PsaHttp(
+            dev_hosts=self._dev_hosts,
             policy=config.get("HTTP_RETRY_POLICY") or RetryPolicy(),
             is_throttled=is_thread_limited,
             is_answer=is_answer,
             sleep=self._sleep,
         )
+        self.http.scrub.add(self._secret, self._integration_code)
 
     def __repr__(self) -> str:  # the secret and the tracking identifier stay out of reprs
         return f"AutotaskClient(username={self._username!r}, base={self._base!r})"
@@ -239,7 +241,7 @@ class AutotaskClient(PsaClient):
         response = self.http.request(
             "GET", self._zone_url, endpoint="ZoneInformation", params={"user": self._username},
         )
-        messages = [self._scrub(m) for m in error_messages(response)]
+        messages = [self.http.scrub(m) for m in error_messages(response)]
         if any(_UNKNOWN_USER.search(m) for m in messages):
             raise CredentialsRejected(
                 "Autotask could not find the zone of this API user: " + "; ".join(messages),
@@ -261,7 +263,7 @@ class AutotaskClient(PsaClient):
 
     def _use_zone(self, zone: dict[str, Any]) -> None:
         parts = urlsplit(zone["url"])
-        root = base_url_for(parts.netloc, self._dev_hosts)  # refuses private hosts not in PSA_DEV_HOSTS
+        root = base_url_for(parts.netloc, self._dev_hosts)  # its address is checked by every request
         path = parts.path if parts.path.endswith("/") else parts.path + "/"
         self._zone = zone
         self._base = f"{root}{path}{API_VERSION}"
@@ -280,12 +282,6 @@ class AutotaskClient(PsaClient):
             "Content-Type": "application/json",
             "Accept": "application/json",
         }
-
-    def _scrub(self, text: str) -> str:
-        for secret in (self._secret, self._integration_code):
-            if secret and len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text
 
     def _same_host(self, url: str) -> str:
         """An absolute URL from Autotask (nextPageUrl), pinned to the zone's host and scheme."""
@@ -318,7 +314,7 @@ class AutotaskClient(PsaClient):
         status = response.status_code
         if status < 400:
             return
-        messages = [self._scrub(m) for m in error_messages(response)]
+        messages = [self.http.scrub(m) for m in error_messages(response)]
         text = "; ".join(messages)
         if status == 401:
             raise CredentialsRejected(
@@ -384,7 +380,7 @@ class AutotaskClient(PsaClient):
         self._query("Companies", [{"op": "gte", "field": "id", "value": 0}], ["id"], limit=1)
         zone = self._zone or {}
         where = f"zone {zone.get('zoneName')}" if zone.get("zoneName") else urlsplit(self._base).netloc
-        return f"Connected to Autotask as {self._username} ({where})."
+        return self.http.scrub(f"Connected to Autotask as {self._username} ({where}).")
 
     def list_products(self, search: str = "") -> list[PsaItem]:
         filters: list[dict[str, Any]] = [{"op": "eq", "field": "isActive", "value": True}]
@@ -579,7 +575,7 @@ class AutotaskClient(PsaClient):
             body = {}
         item_id = body.get("itemId") if isinstance(body, dict) else None
         if item_id is None:
-            messages = "; ".join(self._scrub(m) for m in error_messages(response))
+            messages = "; ".join(self.http.scrub(m) for m in error_messages(response))
             raise ValidationFailed(messages or f"Autotask did not confirm the {what}.", status=response.status_code)
         return item_id
 

@@ -143,13 +143,12 @@ def _name_of(ref: Any) -> str:
 
 
 class _Secrets:
-    """The Client ID and the values to scrub from PSA messages; prints as a placeholder."""
+    """The Client ID; prints as a placeholder."""
 
-    __slots__ = ("client_id", "scrub")
+    __slots__ = ("client_id",)
 
-    def __init__(self, client_id: str, scrub: list[str]):
+    def __init__(self, client_id: str):
         self.client_id = client_id
-        self.scrub = scrub
 
     def __repr__(self) -> str:
         return "<hidden>"
@@ -209,14 +208,17 @@ class ConnectWiseClient(PsaClient):
         self._dev_hosts = frozenset(h.strip().lower() for h in dev_hosts)
         # Secrets live only in _ApiKeyAuth and _Secrets, which print as placeholders, so no repr shows them.
         client_id = values.get("client_id") or str(config.get("CW_CLIENT_ID") or "")
-        scrub = [s for s in (values.get("private_key"), client_id) if s and len(s) >= 4]
-        self._secrets = _Secrets(client_id, scrub)
-        self._keys_present = bool(self.company_id and values.get("public_key") and values.get("private_key"))
-        self._auth = _ApiKeyAuth(self.company_id, values.get("public_key", ""), values.get("private_key", ""))
+        self._secrets = _Secrets(client_id)
+        public_key, private_key = values.get("public_key", ""), values.get("private_key", "")
+        self._keys_present = bool(self.company_id and public_key and private_key)
+        self._auth = _ApiKeyAuth(self.company_id, public_key, private_key)
         sleep = config.get("HTTP_SLEEP") or time.sleep
         limiter = limiter_for(self, redis, tenant_key=f"connectwise:{self.site}:{self.company_id.lower()}",
                               host=self.site, dev_hosts=self._dev_hosts, config=config, sleep=sleep)
-        self.http = PsaHttp(limiter=limiter, policy=config.get("HTTP_RETRY_POLICY"), sleep=sleep)
+        self.http = PsaHttp(dev_hosts=self._dev_hosts, limiter=limiter, policy=config.get("HTTP_RETRY_POLICY"),
+                            sleep=sleep)
+        # The whole Basic credential too: an echoed Authorization header is its base64.
+        self.http.scrub.add(private_key, client_id, f"{self.company_id}+{public_key}:{private_key}")
         self._redis = redis
         self._root: str | None = None
         self._codebase: str | None = None
@@ -366,7 +368,8 @@ class ConnectWiseClient(PsaClient):
 
     def _error(self, response: requests.Response, *, not_found_hint: str | None = None) -> PsaError:
         status = response.status_code
-        message = self._safe(self._psa_message(response))
+        # Scrubbed before it is shortened, so no cut-off piece of a secret survives.
+        message = " ".join(self.http.scrub(self._psa_message(response)).split())[:300]
         if "Cannot route" in message:  # wrong company in the key, or a codebase that does not exist (notes §0.7)
             return CredentialsRejected(
                 f"ConnectWise could not route the request for Company ID “{self.company_id}”: {message}",
@@ -398,13 +401,7 @@ class ConnectWiseClient(PsaClient):
             if first and str(first).strip() not in message:
                 message = f"{message.rstrip('.')}: {str(first).strip()}" if message else str(first).strip()
             return message
-        text = " ".join((response.text or "").split())[:300]
-        return text or f"ConnectWise answered HTTP {response.status_code}."
-
-    def _safe(self, text: str) -> str:
-        for secret in self._secrets.scrub:
-            text = text.replace(secret, "•••")
-        return text
+        return response.text[:20_000].strip() or f"ConnectWise answered HTTP {response.status_code}."
 
     def _get_all(self, path: str, *, endpoint: str, params: dict[str, Any],
                  not_found_hint: str | None = None) -> list[dict[str, Any]]:
@@ -437,7 +434,8 @@ class ConnectWiseClient(PsaClient):
         info = self._call("GET", "/system/info", endpoint="system/info").json() or {}
         name = self._company_name or self.company_id
         version = info.get("version") if isinstance(info, dict) else None
-        return f"{name} — ConnectWise Manage {version}" if version else f"{name} — ConnectWise Manage"
+        banner = f"{name} — ConnectWise Manage {version}" if version else f"{name} — ConnectWise Manage"
+        return self.http.scrub(banner)
 
     def list_products(self, search: str = "") -> list[PsaItem]:
         # Bundles cannot be agreement additions (notes §2.4). `contains` rather than `like`: a tenant

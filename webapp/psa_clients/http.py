@@ -1,8 +1,11 @@
 """The HTTP layer every PSA client shares: host safety, retries, and limits across all workers.
 
 - Host safety (PRODUCT.md §5): only public HTTPS hosts with valid certificates; loopback, link-local
-  and private addresses are refused unless listed in PSA_DEV_HOSTS, which are reached over plain
-  HTTP exactly as typed (the PSA simulator).
+  and private addresses (also IPv4 inside IPv6: mapped, NAT64, 6to4, Teredo) are refused unless
+  listed in PSA_DEV_HOSTS, which are reached over plain HTTP exactly as typed (the PSA simulator).
+  Every URL is checked when it is requested, whoever built it (pagination links, zone answers), the
+  connection goes to the address that was checked (no second DNS lookup), redirects are never
+  followed, and proxies from the environment are not used (they would resolve the host themselves).
 - Retries: connection errors, timeouts, 429/5xx and PSA-specific throttling answers are retried
   with exponential backoff and jitter (tenacity), honouring Retry-After. A 5xx a PSA means as its
   answer (Autotask's errors list) is not a failure and is returned at once. A write that is not
@@ -36,8 +39,10 @@ from limits import RateLimitItemPerHour
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 from redis.exceptions import RedisError
+from urllib3 import PoolManager
 
 from .base import HostRefused, RateLimited, TransientError
+from .scrub import Scrubber
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +59,121 @@ def parse_dev_hosts(value: str | None) -> frozenset[str]:
 
 
 def base_url_for(host: str, dev_hosts: frozenset[str]) -> str:
-    """`http://host` for a listed development host, `https://host` for a public one, else refuse."""
+    """`http://host` for a listed development host, else `https://host`.
+
+    The host's addresses are checked when a request is made (PsaHttp.check_url), once, and the
+    connection goes to the checked address: checking here too would resolve the name twice.
+    """
     host = host.strip().lower().rstrip("/")
     if host in dev_hosts:
         return f"http://{host}"
-    check_public_host(host)
+    _host_name(host)
     return f"https://{host}"
 
 
-def check_public_host(host: str) -> None:
+def _host_name(host: str) -> str:
+    """The name part of `host[:port]`; refuses anything that is not a host name."""
     name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
     name = name.strip("[]")
-    if not name or any(c in name for c in "/@?# "):
+    if not name or any(c in name for c in "/@?#\\ "):
         raise HostRefused(f"“{host}” is not a host name.")
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(name, 443, proto=socket.IPPROTO_TCP)}
-    except (socket.gaierror, UnicodeError):
-        raise HostRefused(f"The host “{name}” could not be found.", hint="Check the spelling of the host.") from None
+    return name
+
+
+def check_public_host(host: str, port: int = 443) -> list[str]:
+    """The addresses of a public host, each checked; refuses a host with any private or local address."""
+    name = _host_name(host)
+    addresses = resolve(name, port)
     for address in addresses:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if not ip.is_global:
+        if not is_public_address(address):
             raise HostRefused(
                 f"The host “{name}” resolves to a private or local address, which SeatSync refuses.",
                 hint="Use the PSA's public host, or list the host in PSA_DEV_HOSTS for development.",
             )
+    return addresses
+
+
+def resolve(name: str, port: int) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(name, port, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError):
+        raise HostRefused(f"The host “{name}” could not be found.", hint="Check the spelling of the host.") from None
+    return list(dict.fromkeys(info[4][0].split("%", 1)[0] for info in infos))
+
+
+# IPv6 forms that carry an IPv4 address in their last 32 bits: IPv4-mapped, SIIT, NAT64 (RFC 6052)
+# and the deprecated IPv4-compatible form. They reach whatever that IPv4 address is.
+_IPV4_IN_LOW_BITS = tuple(
+    ipaddress.ip_network(n) for n in ("::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96", "::/96")
+)
+# Refused whatever they embed: NAT64 for local use (RFC 8215) and Teredo (its client address is obfuscated).
+_REFUSED_IPV6 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b:1::/48", "2001::/32"))
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.sixtofour is not None:  # 2002::/16
+        return ip.sixtofour
+    if any(ip in network for network in _IPV4_IN_LOW_BITS):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def is_public_address(address: str) -> bool:
+    """Whether SeatSync may connect to this address: globally routable, also for IPv4 inside IPv6."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in network for network in _REFUSED_IPV6):
+            return False
+        embedded = embedded_ipv4(ip)
+        if embedded is not None:
+            return embedded.is_global
+    return ip.is_global
+
+
+# --------------------------------------------------------------------------------------------------
+# Connections go to the address that was checked
+# --------------------------------------------------------------------------------------------------
+DEFAULT_PORTS = {"http": 80, "https": 443}
+REDIRECT_HINT = (
+    "The PSA answered with a redirect to another address; SeatSync does not follow redirects — "
+    "check the host name."
+)
+
+
+class _PinnedPoolManager(PoolManager):
+    """Opens each host's connections to the address its check pinned: the name is never resolved again.
+
+    TLS still sends and verifies the host name (SNI and certificate); `_PinnedAdapter` keeps the
+    Host header. A host that was not checked gets no connection at all.
+    """
+
+    def __init__(self, pins: dict[tuple[str, int], str], **kwargs):
+        super().__init__(**kwargs)
+        self.pins = pins
+
+    def _new_pool(self, scheme, host, port, request_context=None):
+        address = self.pins.get((host.strip("[]").lower(), port))
+        if address is None:
+            raise HostRefused(f"SeatSync did not check “{host}” before connecting to it.")
+        context = dict(request_context if request_context is not None else self.connection_pool_kw)
+        if scheme == "https":
+            context["server_hostname"] = context["assert_hostname"] = host
+        return super()._new_pool(scheme, address, port, context)
+
+
+class _PinnedAdapter(requests.adapters.HTTPAdapter):
+    def __init__(self, pins: dict[tuple[str, int], str]):
+        self.pins = pins
+        super().__init__()
+
+    def init_poolmanager(self, connections, maxsize, block=False, **pool_kwargs):
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager = _PinnedPoolManager(self.pins, num_pools=connections, maxsize=maxsize, block=block,
+                                              **pool_kwargs)
+
+    def add_headers(self, request, **kwargs):
+        # The pool is opened on the address, so http.client would name it in Host: name the PSA's host.
+        request.headers.setdefault("Host", urlsplit(request.url).netloc)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,7 +426,12 @@ class RetryPolicy:
 
 
 class PsaHttp:
-    """A requests session with the retry rules and limits of one PSA tenant.
+    """A requests session with the host rules, retry rules and limits of one PSA tenant.
+
+    Every URL is checked against the host rules before it is requested (`check_url`), whatever
+    produced it (a typed host, a pagination link, a zone answer), and the connection goes to the
+    address that was checked. Redirects are never followed: a 3xx is a HostRefused.
+    `scrub` masks the tenant's secrets (each client adds them) in any PSA text.
 
     `is_throttled(response)` lets a client recognise throttling that is not a 429 (Autotask's
     thread-limit errors); `is_answer(response)` a retry status that is the PSA's considered answer,
@@ -341,6 +442,7 @@ class PsaHttp:
     def __init__(
         self,
         *,
+        dev_hosts: frozenset[str] = frozenset(),
         limiter: RequestLimiter | None = None,
         policy: RetryPolicy | None = None,
         timeout: tuple[float, float] = (5.0, 60.0),
@@ -348,7 +450,15 @@ class PsaHttp:
         is_answer: Callable[[requests.Response], bool] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
+        self.dev_hosts = parse_dev_hosts(",".join(dev_hosts))
+        self.scrub = Scrubber()
+        self._pins: dict[tuple[str, int], str] = {}  # (host, port) → the address that passed the check
         self.session = requests.Session()
+        # Proxies and .netrc from the environment would send requests elsewhere, or add credentials.
+        self.session.trust_env = False
+        adapter = _PinnedAdapter(self._pins)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
         self.session.headers["User-Agent"] = "SeatSync/1.0"
         self.limiter = limiter
         self.policy = policy or RetryPolicy()
@@ -363,6 +473,35 @@ class PsaHttp:
         if response.status_code not in RETRY_STATUSES or self.is_answer(response):
             return False
         return idempotent or response.status_code in REJECTED_UNPROCESSED
+
+    def check_url(self, url: str) -> None:
+        """Refuse a URL the host rules do not allow; pin the address its host was checked at.
+
+        A host listed in PSA_DEV_HOSTS is reached only over http and exactly as listed (with its
+        port); every other URL must be https on a host whose every address is public.
+        """
+        parts = urlsplit(url)
+        try:
+            host, port = (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
+        except ValueError:
+            host, port = "", None
+        if not host or port is None or parts.username is not None or parts.password is not None:
+            raise HostRefused(f"SeatSync refused to request “{self.scrub(url)[:200]}”: not a PSA address.")
+        dev = parts.scheme.lower() == "http" and parts.netloc.lower() in self.dev_hosts
+        if not dev and parts.scheme.lower() != "https":
+            raise HostRefused(f"SeatSync reaches {host} only over HTTPS; a {parts.scheme}:// address was refused.")
+        if (host, port) not in self._pins:
+            addresses = resolve(host, port) if dev else check_public_host(host, port)
+            # One address per host: IPv4 first, which every host (a Heroku dyno has no IPv6 route) reaches.
+            self._pins[(host, port)] = next((a for a in addresses if ":" not in a), addresses[0])
+
+    def _redirect_error(self, response: requests.Response) -> HostRefused:
+        target = urlsplit(response.headers.get("Location", "")).hostname or "another address"
+        return HostRefused(
+            f"{urlsplit(response.url).hostname} answered HTTP {response.status_code}, a redirect to "
+            f"{self.scrub(target)[:100]}; SeatSync did not follow it.",
+            status=response.status_code, hint=REDIRECT_HINT,
+        )
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         error = state.outcome.exception()
@@ -385,7 +524,9 @@ class PsaHttp:
         if idempotent is None:
             idempotent = method.upper() in {"GET", "PUT", "PATCH", "DELETE", "HEAD"}
         endpoint = endpoint or urlsplit(url).path
+        self.check_url(url)
         kwargs.setdefault("timeout", self.timeout)
+        kwargs["allow_redirects"] = False  # a redirect would take the credentials past the host check
 
         def attempt() -> requests.Response:
             slot = self.limiter.slot(endpoint) if self.limiter else contextlib.nullcontext()
@@ -393,6 +534,11 @@ class PsaHttp:
                 self.calls += 1
                 try:
                     response = self.session.request(method, url, **kwargs)
+                except requests.exceptions.SSLError:
+                    host = urlsplit(url).hostname
+                    raise HostRefused(f"{host} did not present a valid certificate for its name.",
+                                      hint="Check the host name; SeatSync only talks to PSAs with valid certificates.",
+                                      ) from None
                 except (requests.ConnectionError, requests.Timeout) as exc:
                     # A refused connection or connect timeout never reached the PSA: always safe.
                     unsent = isinstance(exc, requests.ConnectTimeout) or (
@@ -404,6 +550,8 @@ class PsaHttp:
                     raise TransientError(
                         "The PSA did not answer a write in time; it will be re-read before any retry.",
                     ) from None
+            if response.is_redirect or 300 <= response.status_code < 400:
+                raise self._redirect_error(response)
             if self.is_throttled(response):
                 raise _Retry("throttled by the PSA", response=response, throttled=True)
             if self._retryable(response, idempotent):

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import requests
+from cryptography.fernet import InvalidToken
 
 from .base import (
     Agreement,
@@ -267,9 +268,12 @@ class KaseyaBmsClient(PsaClient):
         limiter = limiter_for(self, redis, tenant_key=f"kaseya_bms:{self.api_host}:{self.company.lower()}",
                               host=self.api_host, dev_hosts=self._dev_hosts, config=config, sleep=sleep)
         self.http = PsaHttp(
-            limiter=limiter, policy=config.get("HTTP_RETRY_POLICY") or RetryPolicy(),
+            dev_hosts=self._dev_hosts, limiter=limiter, policy=config.get("HTTP_RETRY_POLICY") or RetryPolicy(),
             is_throttled=_is_throttled, sleep=sleep,
         )
+        self.http.scrub.add(self._password)
+        # Encrypts the token shared through Redis (the app's credential key); without it nothing is shared.
+        self._token_cipher = config.get("TOKEN_CIPHER")
 
     def __repr__(self) -> str:  # the password and the token stay out of reprs
         return f"KaseyaBmsClient(host={self.api_host!r}, company={self.company!r}, username={self.username!r})"
@@ -287,15 +291,6 @@ class KaseyaBmsClient(PsaClient):
                 raise ValidationFailed("The Kaseya BMS Hostname is missing.", hint=HOST_HINT)
             self._base_url = base_url_for(self.api_host, self._dev_hosts)
         return self._base_url
-
-    def _scrub(self, text: str) -> str:
-        for secret in (self._password, *(self._token_values())):
-            if secret and len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text
-
-    def _token_values(self) -> tuple[str, ...]:
-        return (self._token.access, self._token.refresh) if self._token else ()
 
     def _authenticate(self) -> None:
         if not (self.username and self._password and self.company):
@@ -344,30 +339,34 @@ class KaseyaBmsClient(PsaClient):
         if expires_at is None or expires_at <= now:  # missing, or a zone-less local time read as UTC
             expires_at = now + DEFAULT_TOKEN_LIFETIME
         margin = min(REFRESH_MARGIN, (expires_at - now) / 4)
-        self._token = _Token(str(access), str(_ci(result, "RefreshToken") or ""), expires_at, margin)
+        self._use_token(_Token(str(access), str(_ci(result, "RefreshToken") or ""), expires_at, margin))
         self._share_token()
+
+    def _use_token(self, token: _Token) -> None:
+        self.http.scrub.add(token.access, token.refresh)
+        self._token = token
 
     # Every worker's client of one tenant shares the token through Redis: a sync of many companies
     # logs in once, not once per job (the login endpoint has its own 1,500 an hour).
     def _share_token(self) -> None:
         token = self._token
         ttl = int(token.expires_at - token.margin - time.time()) if token else 0
-        if self._redis is None or ttl <= 0:
+        if self._redis is None or self._token_cipher is None or ttl <= 0:
             return
         value = json.dumps({"access": token.access, "refresh": token.refresh, "expires_at": token.expires_at,
                             "margin": token.margin})
-        self._redis.set(self._token_key, value, ex=ttl)
+        self._redis.set(self._token_key, self._token_cipher.encrypt(value.encode()), ex=ttl)
 
     def _shared_token(self) -> _Token | None:
-        if self._redis is None:
+        if self._redis is None or self._token_cipher is None:
             return None
         raw = self._redis.get(self._token_key)
         if not raw:
             return None
         try:
-            data = json.loads(raw)
+            data = json.loads(self._token_cipher.decrypt(raw))
             token = _Token(data["access"], data["refresh"], float(data["expires_at"]), float(data["margin"]))
-        except (ValueError, KeyError, TypeError):
+        except (InvalidToken, ValueError, KeyError, TypeError):  # e.g. written under a retired key
             return None
         return token if token.fresh() else None
 
@@ -383,7 +382,7 @@ class KaseyaBmsClient(PsaClient):
             return
         shared = self._shared_token()
         if shared is not None:
-            self._token = shared
+            self._use_token(shared)
             return
         if self._token is None or not self._refresh():
             self._authenticate()
@@ -402,7 +401,7 @@ class KaseyaBmsClient(PsaClient):
         text = "; ".join(str(p).strip() for p in parts if p and str(p).strip())
         if not text and isinstance(body, dict):
             text = str(_ci(body, "Message") or _ci(body, "title") or "")
-        return self._scrub(text)[:500]
+        return self.http.scrub(text)[:500]
 
     def _call(self, method: str, endpoint: str, *, path_args: dict | None = None,
               idempotent: bool | None = None, **kwargs) -> dict:
@@ -724,8 +723,7 @@ class KaseyaBmsClient(PsaClient):
         return service_id, {"ServiceName": _ci(service, "Name"), "ServiceDescription": _ci(service, "Description"),
                             "UnitCost": _ci(service, "UnitCost"), "UnitPrice": _ci(service, "UnitPrice")}
 
-    @staticmethod
-    def _written(contract_id: int, service_id: int, change: QuantityChange, fields: dict, row: dict,
+    def _written(self, contract_id: int, service_id: int, change: QuantityChange, fields: dict, row: dict,
                  effective: dt.date) -> WriteResult:
         target, current = int(change.target), change.current
         units = _ci(row, "Units")
@@ -739,7 +737,7 @@ class KaseyaBmsClient(PsaClient):
             effective_date=str(_ci(row, "EffectiveDate") or ""),
         )
         line_id = after.line_id or "(new)"
-        response = f"contract service {line_id}: Units {target} from {effective:%Y-%m-%d}"
+        response = self.http.scrub(f"contract service {line_id}: Units {target} from {effective:%Y-%m-%d}")
         return WriteResult(line=after, action="updated" if current is not None else "created", response=response)
 
     def _post_units(self, contract_id: int, entries: list[tuple[int, int, dict]],

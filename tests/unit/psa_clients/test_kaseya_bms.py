@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 import responses
+from cryptography.fernet import Fernet
 
 from webapp.psa_clients import (
     CredentialsRejected,
@@ -37,6 +38,7 @@ CREDS = {"hostname": "bms.kaseya.com", "username": USER, "password": PASSWORD, "
 ACCESS = "eyJhbGciOiJIUzI1NiJ9.ACCESS-TOKEN-VALUE.sig"
 REFRESH = "REFRESH-TOKEN-VALUE-123"
 ON = dt.date(2026, 10, 1)
+CIPHER = Fernet(Fernet.generate_key())
 OPTIONS = WriteOptions(effective_date=dt.date(2026, 10, 1))
 
 
@@ -639,16 +641,44 @@ def test_limits_are_1500_an_hour_per_endpoint_and_seatsyncs_own_three_at_a_time(
     assert "Pa55" not in client.http.limiter.tenant_key
 
 
+def shared_config(sleeps) -> dict:
+    """What connections.client_config gives a worker's client: the app's credential key as TOKEN_CIPHER."""
+    return {"HTTP_SLEEP": sleeps.append, "TOKEN_CIPHER": CIPHER}
+
+
 def test_clients_of_the_same_tenant_share_one_login_through_redis(mocked, sleeps):
     import fakeredis
 
     redis = fakeredis.FakeRedis()
     mocked.get(f"{BASE}/v2/system/accounttypes/lookup", json=envelope([]))
     for _ in range(3):  # e.g. three per-company jobs on different workers
-        make_client("kaseya_bms", CREDS, redis=redis, config={"HTTP_SLEEP": sleeps.append}).company_scope_options()
+        make_client("kaseya_bms", CREDS, redis=redis, config=shared_config(sleeps)).company_scope_options()
     assert sum(c.request.url.endswith("/authenticate") for c in mocked.calls) == 1
     assert all(c.request.headers.get("Authorization") == f"Bearer {ACCESS}" for c in api_calls(mocked))
     assert not any(PASSWORD.encode() in key for key in redis.scan_iter())
+
+
+def test_the_token_shared_through_redis_is_encrypted_with_the_credential_key(mocked, sleeps):
+    import fakeredis
+
+    redis = fakeredis.FakeRedis()
+    mocked.get(f"{BASE}/v2/system/accounttypes/lookup", json=envelope([]))
+    make_client("kaseya_bms", CREDS, redis=redis, config=shared_config(sleeps)).company_scope_options()
+    (stored,) = [redis.get(key) for key in redis.scan_iter("seatsync:kaseya_bms:token:*")]
+    for secret in (ACCESS, REFRESH, "ACCESS-TOKEN-VALUE", PASSWORD):
+        assert secret.encode() not in stored
+    assert ACCESS in CIPHER.decrypt(stored).decode()
+    make_client("kaseya_bms", CREDS, redis=redis, config=shared_config(sleeps)).company_scope_options()
+    assert sum(c.request.url.endswith("/authenticate") for c in mocked.calls) == 1  # the second client reused it
+
+
+def test_without_the_credential_key_no_token_is_kept_in_redis(mocked, sleeps):
+    import fakeredis
+
+    redis = fakeredis.FakeRedis()
+    mocked.get(f"{BASE}/v2/system/accounttypes/lookup", json=envelope([]))
+    make_client("kaseya_bms", CREDS, redis=redis, config={"HTTP_SLEEP": sleeps.append}).company_scope_options()
+    assert list(redis.scan_iter("seatsync:kaseya_bms:token:*")) == []
 
 
 def test_a_shared_token_refused_by_the_psa_is_replaced_by_a_new_login(mocked, sleeps):
@@ -657,13 +687,13 @@ def test_a_shared_token_refused_by_the_psa_is_replaced_by_a_new_login(mocked, sl
     redis = fakeredis.FakeRedis()
     url = f"{BASE}/v2/system/accounttypes/lookup"
     mocked.get(url, json=envelope([]))
-    make_client("kaseya_bms", CREDS, redis=redis, config={"HTTP_SLEEP": sleeps.append}).company_scope_options()
+    make_client("kaseya_bms", CREDS, redis=redis, config=shared_config(sleeps)).company_scope_options()
     mocked.replace(responses.POST, f"{BASE}/v2/security/authenticate", json=envelope(token(access="NEW.TOKEN.X")))
     mocked.replace(responses.GET, url, status=401, json=envelope(success=False, code=978001))
     mocked.add(responses.GET, url, json=envelope([]))
-    make_client("kaseya_bms", CREDS, redis=redis, config={"HTTP_SLEEP": sleeps.append}).company_scope_options()
+    make_client("kaseya_bms", CREDS, redis=redis, config=shared_config(sleeps)).company_scope_options()
     assert mocked.calls[-1].request.headers["Authorization"] == "Bearer NEW.TOKEN.X"
-    third = make_client("kaseya_bms", CREDS, redis=redis, config={"HTTP_SLEEP": sleeps.append})
+    third = make_client("kaseya_bms", CREDS, redis=redis, config=shared_config(sleeps))
     third.company_scope_options()
     assert mocked.calls[-1].request.headers["Authorization"] == "Bearer NEW.TOKEN.X"
     assert sum(c.request.url.endswith("/authenticate") for c in mocked.calls) == 2
