@@ -619,7 +619,7 @@ def make_blueprint(state) -> Blueprint:
         with state.lock:
             # The server counts requests in flight per endpoint from before its simulated latency;
             # the simulator accepts one tracking identifier, so that is per identifier + endpoint.
-            busy = state.in_flight.get(key, 0) if key else 0
+            busy = state.in_flight.current(key) if key else 0
         if busy > THREAD_LIMIT:
             # Thread-limit rejections do not always come as a 429 (n8n-nodes-autotask retryHandler).
             return error_response(500, "", kind="thread_limit")

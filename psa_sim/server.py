@@ -10,7 +10,12 @@ Controls (JSON):
                                         (`fault`: the kind or status of the injected fault, else null)
 - DELETE /_sim/requests                 clear the log
 - POST /_sim/faults   {"latency_ms": 50, "seed": 7, "rules": [...]}   inject latency and errors
-- GET  /_sim/concurrency                the most requests in flight at once per "psa endpoint" since the log was cleared
+- GET  /_sim/concurrency                requests in flight since the last reset or log clear, per PSA and per
+                                        "psa endpoint": {"seconds": window, "psas": {psa: figures},
+                                        "endpoints": {"autotask ContractServiceUnits": figures}} where figures =
+                                        {max, average_while_busy, average_over_wall, busy_seconds}: the most at
+                                        once, and the time-weighted average in flight over the time at least one
+                                        was in flight and over the whole window (psa_sim/inflight.py)
 - GET  /_sim/state/<psa>                the PSA's records, for assertions
 
 Fault rules (psa_sim/faults.py). A rule matches by `psa`, `method` and `path_contains` (all optional) and fails
@@ -43,6 +48,7 @@ from flask import Flask, Response, g, jsonify, request
 from . import autotask, connectwise, kaseya_bms
 from . import seed as seeding
 from .faults import APPLIED, SERVER_ACTED, TIMEOUT, FaultRule, Faults, InvalidRule
+from .inflight import InFlight
 
 PSA_MODULES = {"connectwise": connectwise, "autotask": autotask, "kaseya_bms": kaseya_bms}
 
@@ -56,17 +62,20 @@ class SimState:
     log: list[dict[str, Any]] = field(default_factory=list)
     latency_ms: float = 0.0
     faults: Faults = field(default_factory=Faults)
-    in_flight: dict[str, int] = field(default_factory=dict)  # "psa endpoint" -> concurrent requests
-    max_in_flight: dict[str, int] = field(default_factory=dict)
+    in_flight: InFlight = field(default_factory=InFlight)  # per "psa endpoint" and per "psa"
 
     def reset(self) -> None:
         with self.lock:
             self.data = {kind: module.empty_state() for kind, module in PSA_MODULES.items()}
-            self.log.clear()
             self.faults = Faults()
             self.latency_ms = 0.0
-            self.in_flight.clear()
-            self.max_in_flight.clear()
+            self.clear_log()
+
+    def clear_log(self) -> None:
+        """Empty the request log and open a new in-flight window (requests still in flight stay counted)."""
+        with self.lock:
+            self.log.clear()
+            self.in_flight.restart()
 
 
 def fault_response(psa: str, rule: FaultRule) -> Response:
@@ -103,9 +112,7 @@ def create_sim_app(seed: str | int | None = None) -> Flask:
             return None
         g.endpoint_key = f"{g.psa} {PSA_MODULES[g.psa].endpoint_of(path)}"
         with state.lock:
-            state.in_flight[g.endpoint_key] = state.in_flight.get(g.endpoint_key, 0) + 1
-            now_in_flight = state.in_flight[g.endpoint_key]
-            state.max_in_flight[g.endpoint_key] = max(state.max_in_flight.get(g.endpoint_key, 0), now_in_flight)
+            state.in_flight.enter((g.endpoint_key, g.psa))
             latency = state.latency_ms
             g.fault = state.faults.pick(g.psa, request.method, path)
         if latency:
@@ -125,7 +132,6 @@ def create_sim_app(seed: str | int | None = None) -> Flask:
             else:
                 response = fault_response(g.psa, fault)
         with state.lock:
-            state.in_flight[g.endpoint_key] -= 1
             body = request.get_data(as_text=True)
             state.log.append({
                 "psa": g.psa,
@@ -140,6 +146,12 @@ def create_sim_app(seed: str | int | None = None) -> Flask:
         if fault is not None and fault.kind == TIMEOUT:
             time.sleep(fault.delay_ms / 1000.0)  # the client has given up by now; the request did land
         return response
+
+    @app.teardown_request
+    def leave(_error):
+        if getattr(g, "psa", None) is not None:
+            with state.lock:
+                state.in_flight.leave((g.endpoint_key, g.psa))
 
     @app.post("/_sim/reset")
     def reset():
@@ -161,15 +173,16 @@ def create_sim_app(seed: str | int | None = None) -> Flask:
 
     @app.delete("/_sim/requests")
     def clear_log():
-        with state.lock:
-            state.log.clear()
-            state.max_in_flight.clear()
+        state.clear_log()
         return jsonify(ok=True)
 
     @app.get("/_sim/concurrency")
     def concurrency():
         with state.lock:
-            return jsonify(dict(state.max_in_flight))
+            report = state.in_flight.report()
+            return jsonify(seconds=round(state.in_flight.clock() - state.in_flight.since, 3),
+                           psas={k: v for k, v in report.items() if " " not in k},
+                           endpoints={k: v for k, v in report.items() if " " in k})
 
     @app.post("/_sim/faults")
     def faults():

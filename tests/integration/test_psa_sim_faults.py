@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -147,3 +149,23 @@ def test_a_rule_the_simulator_cannot_honour_is_refused(psa_sim):
     refused = post_faults(psa_sim, rules=[{"psa": "connectwise", "probability": 0.2}])
     assert refused.status_code == 400 and "probability" in refused.json()["error"]
     assert statuses(psa_sim, 2) == [200, 200]  # nothing half-installed
+
+
+def test_concurrency_reports_the_time_weighted_requests_in_flight_per_psa_and_endpoint(psa_sim):
+    psa_sim.faults(latency_ms=200)
+    psa_sim.clear_log()
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda _: company_info(psa_sim), range(6)))  # three at a time, twice
+    time.sleep(0.4)  # idle: lowers the wall average, not the busy one
+
+    report = psa_sim.control("GET", "concurrency")
+    psa = report["psas"]["connectwise"]
+    assert psa == report["endpoints"]["connectwise login/companyinfo"]
+    assert psa["max"] == 3
+    assert 2.5 <= psa["average_while_busy"] <= 3
+    assert 0.4 <= psa["busy_seconds"] < 1.0 and report["seconds"] >= psa["busy_seconds"] + 0.4
+    in_flight_seconds = psa["average_while_busy"] * psa["busy_seconds"]
+    assert abs(psa["average_over_wall"] - in_flight_seconds / report["seconds"]) < 0.01
+
+    psa_sim.clear_log()
+    assert psa_sim.control("GET", "concurrency")["psas"] == {}

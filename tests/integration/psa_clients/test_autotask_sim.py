@@ -173,8 +173,8 @@ def test_workers_together_never_exceed_three_requests_at_once_per_endpoint(psa_s
     for thread in threads:
         thread.join()
     assert errors == []
-    peaks = psa_sim.control("GET", "concurrency")
-    assert peaks["autotask ContractServiceUnits"] <= 3 and peaks["autotask ContractServices"] <= 3
+    peaks = psa_sim.control("GET", "concurrency")["endpoints"]
+    assert peaks["autotask ContractServiceUnits"]["max"] <= 3 and peaks["autotask ContractServices"]["max"] <= 3
     assert all(r["status"] == 200 for r in psa_sim.requests("autotask"))
 
 
