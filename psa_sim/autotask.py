@@ -147,6 +147,16 @@ def _stamp(day: dt.date) -> str:
     return f"{day.isoformat()}T00:00:00"
 
 
+def line_quantities(tables: dict, on: dt.date) -> dict[tuple[str, str], float]:
+    """Test hook: (contract id, service id) -> units in effect on `on` (every change effective by then), summed."""
+    out: dict[tuple[str, str], float] = {}
+    for cs in tables["contract_services"].values():
+        units = sum(change for day, change in tables["unit_events"].get(cs["id"], []) if day <= on.isoformat())
+        key = (str(cs["contractID"]), str(cs["serviceID"]))
+        out[key] = out.get(key, 0.0) + units
+    return out
+
+
 def seed(tables: dict, dataset) -> None:
     service_ids = {}
     for index, product in enumerate(dataset.products):

@@ -92,6 +92,18 @@ def _iso(day: dt.date) -> str:
     return f"{day:%Y-%m-%d}T00:00:00Z"
 
 
+def line_quantities(tables: dict, on: dt.date) -> dict[tuple[str, str], float]:
+    """Test hook: (agreement id, catalog item id) -> quantity of the additions in effect on `on`, summed."""
+    out: dict[tuple[str, str], float] = {}
+    for addition in tables["additions"].values():
+        effective, cancelled = addition.get("effectiveDate"), addition.get("cancelledDate")
+        if (effective and effective[:10] > on.isoformat()) or (cancelled and cancelled[:10] <= on.isoformat()):
+            continue
+        key = (str(addition["agreementId"]), str(addition["product"]["id"]))
+        out[key] = out.get(key, 0.0) + (addition.get("quantity") or 0.0)
+    return out
+
+
 def seed(tables: dict, dataset) -> None:
     types = {name: {"id": i, "name": name, "defaultFlag": name == "Client", "vendorFlag": name == "Vendor"}
              for i, name in enumerate(("Client", "Prospect", "Vendor"), start=1)}

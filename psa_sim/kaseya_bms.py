@@ -434,6 +434,12 @@ def make_blueprint(state) -> Blueprint:
 # --------------------------------------------------------------------------------------------------
 # Seed
 # --------------------------------------------------------------------------------------------------
+def line_quantities(tables: dict, on: dt.date) -> dict[tuple[str, str], float]:
+    """Test hook: (contract id, service id) -> units (the simulator keeps one upserted row per pair; `on` unused)."""
+    return {(str(line["contractId"]), str(line["serviceId"])): float(line["units"])
+            for line in tables["contract_services"].values()}
+
+
 def seed(tables: dict, dataset) -> None:
     tables["account_types"] = {
         "1": {"id": 1, "name": "Client", "isActive": True, "isClient": True, "isVendor": False},

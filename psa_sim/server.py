@@ -17,6 +17,9 @@ Controls (JSON):
                                         once, and the time-weighted average in flight over the time at least one
                                         was in flight and over the whole window (psa_sim/inflight.py)
 - GET  /_sim/state/<psa>                the PSA's records, for assertions
+- GET  /_sim/lines/<psa>[?on=2026-06-01] every line's quantity in effect on that day (default today), read from
+                                        the records, not through the API: [{agreement, product, quantity}]
+                                        (Kaseya BMS: its one upserted row per contract and service)
 
 Fault rules (psa_sim/faults.py). A rule matches by `psa`, `method` and `path_contains` (all optional) and fails
 - the next `times` matching requests (default 1; -1 = all), or
@@ -37,6 +40,7 @@ Posting `rules` replaces every rule and restarts their counters and the RNG.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
@@ -196,6 +200,14 @@ def create_sim_app(seed: str | int | None = None) -> Flask:
             if new_faults is not None:
                 state.faults = new_faults
         return jsonify(ok=True)
+
+    @app.get("/_sim/lines/<psa>")
+    def lines(psa: str):
+        on = dt.date.fromisoformat(request.args["on"]) if "on" in request.args else dt.date.today()
+        with state.lock:
+            held = PSA_MODULES[psa].line_quantities(state.data[psa], on)
+        return jsonify([{"agreement": agreement, "product": product, "quantity": quantity}
+                        for (agreement, product), quantity in sorted(held.items())])
 
     @app.get("/_sim/state/<psa>")
     def dump(psa: str):
