@@ -107,6 +107,26 @@ def create_sim_app(seed: str | int | None = None) -> Flask:
         app.register_blueprint(module.make_blueprint(state))
     if seed is not None:
         seeding.seed_all(state, seed)
+    install_request_hooks(app, state)
+    install_controls(app, state)
+    return app
+
+
+def log_entry(psa: str, response: Response, fault: FaultRule | None) -> dict[str, Any]:
+    return {
+        "psa": psa,
+        "method": request.method,
+        "path": request.path,
+        "query": request.query_string.decode(),
+        "status": response.status_code,
+        "body": request.get_data(as_text=True)[:2000],
+        "at": time.time(),
+        "fault": None if fault is None else (fault.kind or fault.status),
+    }
+
+
+def install_request_hooks(app: Flask, state: SimState) -> None:
+    """Around every PSA request: count it in flight, add the latency, act out the fault rules, log it."""
 
     @app.before_request
     def before():
@@ -135,18 +155,9 @@ def create_sim_app(seed: str | int | None = None) -> Flask:
                 fault = None  # refused by the PSA itself: nothing was applied, its own answer stands
             else:
                 response = fault_response(g.psa, fault)
+        entry = log_entry(g.psa, response, fault)
         with state.lock:
-            body = request.get_data(as_text=True)
-            state.log.append({
-                "psa": g.psa,
-                "method": request.method,
-                "path": request.path,
-                "query": request.query_string.decode(),
-                "status": response.status_code,
-                "body": body[:2000],
-                "at": time.time(),
-                "fault": None if fault is None else (fault.kind or fault.status),
-            })
+            state.log.append(entry)
         if fault is not None and fault.kind == TIMEOUT:
             time.sleep(fault.delay_ms / 1000.0)  # the client has given up by now; the request did land
         return response
@@ -156,6 +167,10 @@ def create_sim_app(seed: str | int | None = None) -> Flask:
         if getattr(g, "psa", None) is not None:
             with state.lock:
                 state.in_flight.leave((g.endpoint_key, g.psa))
+
+
+def install_controls(app: Flask, state: SimState) -> None:
+    """The `/_sim/` routes documented at the top of this module."""
 
     @app.post("/_sim/reset")
     def reset():
@@ -213,8 +228,6 @@ def create_sim_app(seed: str | int | None = None) -> Flask:
     def dump(psa: str):
         with state.lock:
             return Response(json.dumps(state.data[psa], default=str), mimetype="application/json")
-
-    return app
 
 
 def serve(host: str = "127.0.0.1", port: int = 8099, seed: str | int | None = "demo") -> None:
