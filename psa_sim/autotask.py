@@ -647,6 +647,19 @@ def make_blueprint(state) -> Blueprint:
     return bp
 
 
+def _contract_child(tables: dict, method: str, parts: list[str], child: str) -> Any:
+    """`Contracts/{id}/Services` and its siblings: create under the contract, or list its children."""
+    parent = _int(parts[1], "parentId")
+    if child == "ContractServiceAdjustments" and len(parts) == 3 and method == "POST":
+        return _create_adjustment(tables, parent)
+    if child == "ContractServices" and len(parts) == 3 and method == "POST":
+        return _create_contract_service(tables, parent)
+    if len(parts) == 3 and method == "GET" and child != "ContractServiceAdjustments":
+        query = {"filter": [{"op": "eq", "field": "contractID", "value": parent}]}
+        return _run_query(tables, child, query, None)
+    raise ApiError(405, f"The requested resource does not support http method '{method}'.")
+
+
 def _dispatch(state, method: str, raw: list[str]) -> Any:
     parts = raw[1:] if raw and raw[0].lower() == "v1.0" else raw
     lower = [p.lower() for p in parts]
@@ -671,16 +684,7 @@ def _dispatch(state, method: str, raw: list[str]) -> Any:
                 return _create_adjustment(tables, None)
             raise ApiError(405, f"The requested resource does not support http method '{method}'.")
         if entity == "Contracts" and len(parts) >= 3 and lower[2] in CHILDREN:
-            parent = _int(parts[1], "parentId")
-            child = CHILDREN[lower[2]]
-            if child == "ContractServiceAdjustments" and len(parts) == 3 and method == "POST":
-                return _create_adjustment(tables, parent)
-            if child == "ContractServices" and len(parts) == 3 and method == "POST":
-                return _create_contract_service(tables, parent)
-            if len(parts) == 3 and method == "GET" and child != "ContractServiceAdjustments":
-                query = {"filter": [{"op": "eq", "field": "contractID", "value": parent}]}
-                return _run_query(tables, child, query, None)
-            raise ApiError(405, f"The requested resource does not support http method '{method}'.")
+            return _contract_child(tables, method, parts, CHILDREN[lower[2]])
         if lower[1:] == ["query"] and method in ("GET", "POST") and entity in FIELDS:
             query, after_id = _query_from_request()
             return _run_query(tables, entity, query, after_id)
