@@ -408,13 +408,13 @@ def storm_run(mapped: Mapped, sim: Sim, args, environ: dict) -> list[str]:
     calls = len(outcome.sent)
     injected = Counter(str(r["fault"]) for r in outcome.sent if r["fault"] is not None)
     verdict = "within" if calls <= 1.5 * minimum else "OVER"
-    if outcome.statuses.get("error") or not outcome.finished:
-        verdict = f"(the run gave up on companies, so fewer calls prove little) {verdict}"
+    caveat = "; the run gave up on companies, so its calls prove little" if (
+        outcome.statuses.get("error") or not outcome.finished) else ""
     print(f"\n{mapped.kind}, {args.storm_rate:.0%} storm (seed {args.seed}; new targets): {describe_run(outcome)}")
     print(f"  faults answered: {sum(injected.values())} of {calls} calls "
           f"({', '.join(f'{n} × {what}' for what, n in injected.most_common())})")
     print(f"  PSA calls {calls} vs minimum {minimum} ({reads} reads + {writes} writes): {calls / minimum:.2f}× — "
-          f"{verdict} the 1.5 × minimum ({1.5 * minimum:.0f}) a storm may cost")
+          f"{verdict} the 1.5 × minimum ({1.5 * minimum:.0f}) a storm may cost{caveat}")
     print(f"  wall {outcome.wall:.1f} s (every 5th call waits Retry-After: 1 s)")
     print("\n".join(describe_in_flight(mapped, outcome)))
     print("\n".join(describe_lines(outcome)))
