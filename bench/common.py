@@ -37,13 +37,14 @@ def bench_environ(url: str, **extra: str) -> dict[str, str]:
             **extra}
 
 
-def migrated_app(url: str, **extra: str):
-    """An app on `url`, with the schema built by the real migrations."""
+def migrated_app(url: str, environ: dict[str, str] | None = None, **extra: str):
+    """An app on `url` (with `environ` if given, e.g. one shared with worker processes), schema built by the
+    real migrations."""
     from flask_migrate import upgrade
 
     from webapp import create_app
 
-    app = create_app(environ=bench_environ(url, **extra))
+    app = create_app(environ=environ or bench_environ(url, **extra))
     with app.app_context():
         upgrade()
     return app

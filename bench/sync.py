@@ -1,9 +1,12 @@
-"""A full sync of 1,000 company mappings × 3 products per PSA, against the simulator at 50 ms per call.
+"""Full syncs of 1,000 company mappings × 3 products per PSA against the simulator (50 ms a call): calm, then a storm.
 
-Run: `.venv/bin/python -m bench.sync [--companies 1000] [--latency-ms 50] [--workers 3] [--psa autotask ...]`
-(PostgreSQL at BENCH_PG_ADMIN_URL, Redis at BENCH_REDIS_URL, default db 12). It starts the simulator
-in this process, builds a throwaway database with the migrations, maps every simulated customer,
-sets the targets by count overrides, runs `python worker.py` processes and one sync per PSA, and prints:
+Run: `.venv/bin/python -m bench.sync [--psa connectwise] [--companies 1000] [--latency-ms 50] [--workers 3]
+[--storm-rate 0.2] [--seed 1] [--no-storm]` (PostgreSQL at BENCH_PG_ADMIN_URL, Redis at BENCH_REDIS_URL,
+default db 12). Try it small first (`--psa connectwise --companies 50`). It starts the simulator in this
+process, builds a throwaway database with the migrations, maps every simulated customer, sets the targets
+by count overrides, runs `python worker.py` processes and, per PSA, two runs of ONE Sync now each:
+
+1. calm: prints
 - PSA calls made vs the minimum needed: the fewest reads the API allows (ConnectWise: one per agreement;
   Autotask: two queries per 500 contracts; Kaseya BMS: one contracts lookup per 100 contracts, the services
   catalog, and the related-services pages of each mapped service), plus the fewest writes (ConnectWise and
@@ -11,8 +14,20 @@ sets the targets by count overrides, runs `python worker.py` processes and one s
   contract with any line to write, because its write takes every line of a contract at once);
 - wall time vs the bound: minimum calls × latency ÷ the PSA's allowed concurrency (Kaseya BMS documents
   none: the bound uses the 3 writes in flight SeatSync allows it, webapp/sync/push.UNDOCUMENTED_CONCURRENCY);
-- the workers' peak RSS (VmHWM).
-Targets (PRODUCT.md §7): calls ≤ 1.1 × minimum, wall ≤ 1.25 × bound, RSS ≤ 150 MB.
+- requests in flight, time-weighted (psa_sim/inflight.py): the average over the time at least one was in
+  flight, for the PSA and its busiest endpoints, and over the whole wall time;
+- the workers' peak RSS (VmHWM);
+- whether every line holds its target afterwards, read from the simulator's records (/_sim/lines), not
+  through SeatSync's client.
+Targets (PRODUCT.md §7, issue 17): calls ≤ 1.1 × minimum, wall ≤ 1.25 × bound, in flight ≥ 2.8 of 3,
+RSS ≤ 150 MB.
+
+2. storm: every target gets a new count, then one Sync now while the simulator fails requests (seeded, so
+reproducible): every 5th request 429 + Retry-After: 1; of the rest `--storm-rate` (20 %) 5xx, half 503 and
+half 500 (Autotask: 502, as its 500 means a validation error), on reads and writes alike; for Autotask also
+5 % thread-limit answers (Itgenatr005, HTTP 500) before that.
+Prints the run's outcome, whether every line is right afterwards, and calls vs 1.5 × the minimum (PRODUCT.md
+§7). The bench exits 1 when a run left a line wrong or a company in error, or did not finish.
 
 Hourly budgets: the simulator would accept any rate, so the run sets PSA_DEV_HOSTS_NO_HOURLY_LIMIT=1, which
 lifts the PSAs' hourly budgets for PSA_DEV_HOSTS only (never for a real host). The measured wall is
@@ -26,28 +41,35 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import logging
 import math
 import os
 import random
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
 import redis as redis_lib
 from werkzeug.serving import make_server
 
-ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+from bench.common import bench_environ, migrated_app, throwaway_database
+
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 ROOT = Path(__file__).resolve().parents[1]
 HOST_FIELD = {"connectwise": "site", "kaseya_bms": "hostname", "autotask": None}
-KEY = "bWFkZS11cC1rZXktZm9yLXRlc3RzLW9ubHktMzJieXQ="
+PSAS = ["connectwise", "autotask", "kaseya_bms"]
+BUSY_RUN_STATES = {"queued", "running"}
+
+
+def value_of(state) -> str:
+    """A state as its string, whether a plain string or an enumeration member."""
+    return str(getattr(state, "value", state))
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -85,172 +107,378 @@ def projected_wall(kind: str, sent: list[dict], wall: float) -> str:
             f"{wall:.1f} s — the busiest budget ({busiest}) needs {count} calls")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--companies", type=int, default=1000)
-    parser.add_argument("--latency-ms", type=float, default=50)
-    parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--psa", action="append", choices=["connectwise", "autotask", "kaseya_bms"])
-    args = parser.parse_args()
-    kinds = args.psa or ["connectwise", "autotask", "kaseya_bms"]
+def storm_rules(kind: str, rate: float) -> list[dict]:
+    """Every 5th request throttled; of the rest `rate` 5xx (half 503, half 500); Autotask thread limits too.
 
-    import logging
+    Autotask answers validation and business-rule failures as HTTP 500 with the same `errors` body
+    (shared/psa/autotask.md §4), which a client must not retry; its storm uses 502 instead of 500.
+    """
+    rules = [{"psa": kind, "every": 5, "status": 429, "retry_after": 1}]
+    if kind == "autotask":
+        rules.append({"psa": kind, "rate": 0.05, "status": 500, "kind": "thread_limit"})
+    half = rate / 2
+    # The first rule that fires answers: the second 5xx rule sees only what the first spared.
+    rules += [{"psa": kind, "rate": half, "status": 503},
+              {"psa": kind, "rate": half / (1 - half), "status": 502 if kind == "autotask" else 500}]
+    return rules
 
-    from psa_sim.seed import SIM_CREDENTIALS
+
+@dataclass
+class Sim:
+    state: object
+    host: str
+    on: dt.date  # the day whose quantities a sync writes
+
+
+@dataclass
+class Mapped:
+    """One PSA with every simulated customer mapped."""
+
+    kind: str
+    integration: object
+    client: object
+    mappings: list
+    products: list  # SeatSync products
+    psa_products: dict[str, str]  # product name -> PSA product id
+    concurrency: int
+
+
+@dataclass
+class Outcome:
+    run: object
+    finished: bool
+    wall: float
+    rss: float
+    sent: list[dict]
+    in_flight: dict
+    statuses: Counter = field(default_factory=Counter)
+    error_reasons: Counter = field(default_factory=Counter)
+    wrong: list[str] = field(default_factory=list)
+    lines: int = 0
+
+
+def start_simulator(companies: int) -> tuple[object, object, str]:
+    import psa_sim.seed as seeding
     from psa_sim.server import create_sim_app
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per simulated call drowns the figures
     sim_app = create_sim_app(seed=None)
     server = make_server("127.0.0.1", 0, sim_app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    host = f"127.0.0.1:{server.server_port}"
     state = sim_app.extensions["psa_sim"]
+    seeding.seed_all(state, companies)
+    return server, state, f"127.0.0.1:{server.server_port}"
+
+
+def add_companies_and_targets(count: int, month: dt.date) -> list:
     import psa_sim.seed as seeding
+    from webapp.extensions import db
+    from webapp.models import Company, CountOverride, Product
 
-    seeding.seed_all(state, args.companies)
+    rng = random.Random(11)
+    products = [Product(name=n) for n in seeding.DEMO_PRODUCTS[:3]]
+    companies = [Company(name=f"Customer {i:05d}", external_id=f"c{i}") for i in range(count)]
+    db.session.add_all(products + companies)
+    db.session.flush()
+    db.session.add_all(CountOverride(company_id=c.id, product_id=p.id, month=month, count=rng.randint(0, 60),
+                                     note="bench") for c in companies for p in products)
+    db.session.commit()
+    return products
 
-    name = f"seatsync_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    database_url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+def change_targets(seed: str) -> None:
+    """Give every target a new count, so the storm run has writes to make."""
+    from webapp.extensions import db
+    from webapp.models import CountOverride
+
+    rng = random.Random(seed)
+    for override in db.session.scalars(db.select(CountOverride)):
+        override.count = rng.randint(0, 60)
+    db.session.commit()
+
+
+def map_everything(kind: str, host: str, products: list) -> Mapped:
+    from psa_sim.seed import SIM_CREDENTIALS
+    from webapp.connections import client_for, get_integration, save_credentials
+    from webapp.extensions import db
+    from webapp.models import Company, CompanyMapping, ProductMapping
+    from webapp.sync.push import UNDOCUMENTED_CONCURRENCY
+
+    integration = get_integration(kind)
+    values = dict(SIM_CREDENTIALS[kind])
+    if HOST_FIELD[kind]:
+        values[HOST_FIELD[kind]] = host
+    save_credentials(integration, values)
+    integration.enabled, integration.credentials_status = True, "ok"
+    db.session.commit()
+    client = client_for(integration)
+    psa_products = {p.name: p.id for p in client.list_products()}
+    for product in products:
+        db.session.add(ProductMapping(integration_id=integration.id, product_id=product.id,
+                                      psa_product_id=psa_products[product.name]))
+    psa_companies = {c.name: c.id for c in client.list_companies()}
+    for company in db.session.scalars(db.select(Company)):
+        agreement = client.list_agreements(psa_companies[company.name])[0]
+        db.session.add(CompanyMapping(integration_id=integration.id, company_id=company.id,
+                                      psa_company_id=psa_companies[company.name], agreement_id=agreement.id))
+    db.session.commit()
+    mappings = db.session.scalars(db.select(CompanyMapping).filter_by(integration_id=integration.id)).all()
+    return Mapped(kind, integration, client, mappings, products, psa_products,
+                  client.concurrency_per_endpoint or UNDOCUMENTED_CONCURRENCY)
+
+
+def targets_by_line(mapped: Mapped) -> dict[tuple[str, str], int]:
+    """(agreement id, PSA product id) -> the count SeatSync should push."""
+    from webapp.extensions import db
+    from webapp.models import CountOverride
+
+    targets = {(o.company_id, o.product_id): o.count for o in db.session.scalars(db.select(CountOverride))}
+    return {(m.agreement_id, mapped.psa_products[p.name]): targets.get((m.company_id, p.id), 0)
+            for m in mapped.mappings for p in mapped.products}
+
+
+def minimum_calls(mapped: Mapped, sim: Sim) -> tuple[int, int]:
+    """(reads, writes) a perfect engine needs from the lines as they are now."""
+    lines = mapped.client.read_lines([m.agreement_id for m in mapped.mappings], sim.on)
+    differing: Counter = Counter()
+    for (agreement, psa_product), target in targets_by_line(mapped).items():
+        held = {line.product_id: line.quantity for line in lines[agreement]}
+        if psa_product in held:
+            differing[agreement] += held[psa_product] is None or held[psa_product] != target
+        else:
+            differing[agreement] += target > 0
+    # Kaseya BMS writes every line of a contract in one request.
+    writes = sum(min(n, 1) if mapped.kind == "kaseya_bms" else n for n in differing.values())
+    count = len(mapped.mappings)
+    if mapped.kind == "connectwise":
+        return count, writes
+    if mapped.kind == "autotask":
+        return 2 * math.ceil(count / 500), writes
+    tables = sim.state.data["kaseya_bms"]
+    used = Counter(line["serviceId"] for line in tables["contract_services"].values())
+    wanted = {str(psa_id) for psa_id in mapped.psa_products.values()}
+    related = sum(max(1, math.ceil(used[s["id"]] / 100)) for s in tables["services"].values()
+                  if s.get("isActive") and str(s["id"]) in wanted)
+    return math.ceil(count / 100) + 1 + related, writes
+
+
+def wrong_lines(mapped: Mapped, sim: Sim) -> tuple[list[str], int]:
+    """Every line whose quantity in the simulator's records differs from its target, and how many lines there are."""
+    from psa_sim.server import PSA_MODULES
+
+    with sim.state.lock:
+        held = PSA_MODULES[mapped.kind].line_quantities(sim.state.data[mapped.kind], sim.on)
+    targets = targets_by_line(mapped)
+    wrong = [f"agreement {agreement} product {product}: holds {held.get((agreement, product), 'no line')}, "
+             f"target {target}"
+             for (agreement, product), target in targets.items() if held.get((agreement, product), 0) != target]
+    return wrong, len(targets)
+
+
+def start_workers(count: int, environ: dict) -> list[subprocess.Popen]:
+    env = {**os.environ, **environ}
+    # Each worker in a session of its own, so its RQ scheduler child goes with it at the end.
+    return [subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+            for _ in range(count)]
+
+
+def stop_workers(workers: list[subprocess.Popen]) -> None:
+    for worker in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+
+
+def run_one_sync(mapped: Mapped, sim: Sim, args, environ: dict) -> Outcome:
+    """ONE Sync now with fresh workers, until the run ends (or `--run-timeout`)."""
+    from webapp.extensions import db
+    from webapp.models import CompanyMapping, SyncRun
+    from webapp.sync import start_sync
+
+    workers = start_workers(args.workers, environ)
+    try:
+        time.sleep(2)  # workers up before the clock starts
+        sim.state.clear_log()
+        started = time.monotonic()
+        run = start_sync(mapped.integration, trigger="cli")
+        while True:
+            db.session.rollback()
+            current = db.session.get(SyncRun, run.id)
+            finished = value_of(current.state) not in BUSY_RUN_STATES
+            if finished or time.monotonic() - started > args.run_timeout:
+                break
+            time.sleep(0.2)
+        wall = time.monotonic() - started
+        with sim.state.lock:
+            in_flight = sim.state.in_flight.report()
+            sent = [r for r in sim.state.log if r["psa"] == mapped.kind]
+        rss = max(peak_rss_mb(w.pid) for w in workers)
+    finally:
+        stop_workers(workers)
+    companies = db.session.scalars(db.select(CompanyMapping).filter_by(integration_id=mapped.integration.id)).all()
+    statuses = Counter(value_of(m.status) for m in companies)
+    reasons = Counter(m.status_reason[:160] for m in companies if value_of(m.status) == "error")
+    return Outcome(current, finished, wall, rss, sent, in_flight, statuses, reasons)
+
+
+def describe_run(outcome: Outcome) -> str:
+    run = outcome.run
+    counts = ", ".join(f"{getattr(run, name, '?')} {words}" for name, words in (
+        ("in_sync", "in sync"), ("updated", "updated"), ("needs_attention", "need attention"), ("errors", "errors")))
+    ended = "" if outcome.finished else " — DID NOT FINISH within --run-timeout"
+    companies = ", ".join(f"{n} {status}" for status, n in outcome.statuses.most_common())
+    reasons = "".join(f"\n    {n} × error: {reason}" for reason, n in outcome.error_reasons.most_common(3))
+    return f"run {value_of(run.state)}{ended}: {counts}; companies now: {companies}{reasons}"
+
+
+def describe_in_flight(mapped: Mapped, outcome: Outcome) -> list[str]:
+    psa = outcome.in_flight.get(mapped.kind)
+    if psa is None:
+        return ["  no request in flight"]
+    lines = [f"  in flight (time-weighted): {psa['average_while_busy']:.2f} of {mapped.concurrency} on average "
+             f"while any was ({psa['busy_seconds']:.1f} s), {psa['average_over_wall']:.2f} over the wall time, "
+             f"at most {psa['max']} (target ≥ 2.8 of 3)"]
+    endpoints = sorted(((key, f) for key, f in outcome.in_flight.items() if key.startswith(f"{mapped.kind} ")),
+                       key=lambda item: -item[1]["busy_seconds"])
+    for key, figures in endpoints[:3]:
+        lines.append(f"    {key.split(' ', 1)[1]}: {figures['average_while_busy']:.2f} over "
+                     f"{figures['busy_seconds']:.1f} s, at most {figures['max']}")
+    return lines
+
+
+def describe_lines(outcome: Outcome) -> list[str]:
+    if not outcome.wrong:
+        return [f"  every line right afterwards: yes, all {outcome.lines} (read from the simulator's records)"]
+    return [f"  every line right afterwards: NO — {len(outcome.wrong)} of {outcome.lines} wrong, e.g.",
+            *(f"    {line}" for line in outcome.wrong[:5])]
+
+
+def problems_of(label: str, outcome: Outcome) -> list[str]:
+    problems = []
+    if not outcome.finished:
+        problems.append(f"{label}: the run did not finish")
+    if outcome.wrong:
+        problems.append(f"{label}: {len(outcome.wrong)} of {outcome.lines} lines wrong after one Sync now")
+    if outcome.statuses.get("error"):
+        problems.append(f"{label}: {outcome.statuses['error']} companies in error")
+    return problems
+
+
+def calm_run(mapped: Mapped, sim: Sim, args, environ: dict) -> list[str]:
+    reads, writes = minimum_calls(mapped, sim)
+    minimum = reads + writes
+    sim.state.latency_ms = args.latency_ms
+    outcome = run_one_sync(mapped, sim, args, environ)
+    sim.state.latency_ms = 0
+    outcome.wrong, outcome.lines = wrong_lines(mapped, sim)
+    calls = len(outcome.sent)
+    bound = minimum * args.latency_ms / 1000 / mapped.concurrency
+    print(f"\n{mapped.kind}, calm: {describe_run(outcome)}")
+    print(f"  PSA calls {calls} vs minimum {minimum} ({reads} reads + {writes} writes): "
+          f"{calls / minimum:.2f}× (target ≤ 1.1×)")
+    print(f"  wall {outcome.wall:.1f} s vs bound {bound:.1f} s ({minimum} × {args.latency_ms:g} ms ÷ "
+          f"{mapped.concurrency}): {outcome.wall / bound:.2f}× (target ≤ 1.25×)")
+    if mapped.kind == "kaseya_bms":
+        print(f"    (Kaseya BMS documents no concurrency limit: the bound uses the {mapped.concurrency} writes "
+              "in flight SeatSync allows a PSA without one)")
+    print("\n".join(describe_in_flight(mapped, outcome)))
+    projected = projected_wall(mapped.kind, outcome.sent, outcome.wall)
+    if projected:
+        print(f"  {projected}")
+    print(f"  worker peak RSS {outcome.rss:.0f} MB (target ≤ 150 MB)")
+    print("\n".join(describe_lines(outcome)))
+    return problems_of(f"{mapped.kind} calm", outcome)
+
+
+def storm_run(mapped: Mapped, sim: Sim, args, environ: dict) -> list[str]:
+    from psa_sim.faults import Faults
+
+    change_targets(f"{args.seed} {mapped.kind}")  # new counts for each PSA's storm
+    reads, writes = minimum_calls(mapped, sim)
+    minimum = reads + writes
+    with sim.state.lock:
+        sim.state.latency_ms = args.latency_ms
+        sim.state.faults = Faults.from_payload(storm_rules(mapped.kind, args.storm_rate), args.seed)
+    outcome = run_one_sync(mapped, sim, args, environ)
+    with sim.state.lock:
+        sim.state.latency_ms = 0
+        sim.state.faults = Faults()
+    outcome.wrong, outcome.lines = wrong_lines(mapped, sim)
+    calls = len(outcome.sent)
+    injected = Counter(str(r["fault"]) for r in outcome.sent if r["fault"] is not None)
+    verdict = "within" if calls <= 1.5 * minimum else "OVER"
+    caveat = "; the run gave up on companies, so its calls prove little" if (
+        outcome.statuses.get("error") or not outcome.finished) else ""
+    print(f"\n{mapped.kind}, {args.storm_rate:.0%} storm (seed {args.seed}; new targets): {describe_run(outcome)}")
+    print(f"  faults answered: {sum(injected.values())} of {calls} calls "
+          f"({', '.join(f'{n} × {what}' for what, n in injected.most_common())})")
+    print(f"  PSA calls {calls} vs minimum {minimum} ({reads} reads + {writes} writes): {calls / minimum:.2f}× — "
+          f"{verdict} the 1.5 × minimum ({1.5 * minimum:.0f}) a storm may cost{caveat}")
+    print(f"  wall {outcome.wall:.1f} s (every 5th call waits Retry-After: 1 s)")
+    print("\n".join(describe_in_flight(mapped, outcome)))
+    print("\n".join(describe_lines(outcome)))
+    problems = problems_of(f"{mapped.kind} storm", outcome)
+    if calls > 1.5 * minimum:
+        problems.append(f"{mapped.kind} storm: {calls} calls, over 1.5 × the minimum {minimum}")
+    return problems
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--companies", type=int, default=1000)
+    parser.add_argument("--latency-ms", type=float, default=50)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--psa", action="append", choices=PSAS, help="repeat for several; default all three")
+    parser.add_argument("--storm-rate", type=float, default=0.2, help="share of 5xx answers in the storm run")
+    parser.add_argument("--seed", type=int, default=1, help="seeds the storm's faults and its new targets")
+    parser.add_argument("--no-storm", action="store_true", help="only the calm run")
+    parser.add_argument("--run-timeout", type=float, default=1800, help="seconds to wait for one run to end")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    server, state, host = start_simulator(args.companies)
     redis = redis_lib.Redis.from_url(REDIS_URL)
     redis.flushdb()
-    instance = tempfile.mkdtemp(prefix="seatsync-bench-")
-    environ = {
-        "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "QUEUE_NAME": f"bench-{uuid.uuid4().hex[:6]}",
-        "SECRET_KEY": "bench", "ENCRYPTION_KEY": KEY, "SEATSYNC_INSTANCE": instance, "PSA_DEV_HOSTS": host,
-        "AUTOTASK_ZONE_URL": f"http://{host}/atservicesrest/v1.0/zoneInformation", "CW_CLIENT_ID": "bench",
-        "SEATSYNC_EMBEDDED_WORKER": "0", "PSA_DEV_HOSTS_NO_HOURLY_LIMIT": "1",
-    }
-    workers: list[subprocess.Popen] = []
+    problems: list[str] = []
     try:
-        from flask_migrate import upgrade
+        with throwaway_database() as url:
+            environ = bench_environ(
+                url, REDIS_URL=REDIS_URL, QUEUE_NAME=f"bench-{uuid.uuid4().hex[:6]}", PSA_DEV_HOSTS=host,
+                AUTOTASK_ZONE_URL=f"http://{host}/atservicesrest/v1.0/zoneInformation", CW_CLIENT_ID="bench",
+                PSA_DEV_HOSTS_NO_HOURLY_LIMIT="1")
+            app = migrated_app(url, environ=environ)
+            with app.app_context():
+                problems = bench_every_psa(args, state, host, environ)
+                from webapp.extensions import db
 
-        from webapp import create_app
-        from webapp.connections import client_for, get_integration, save_credentials
-        from webapp.counts import push_month
-        from webapp.extensions import db
-        from webapp.models import Company, CompanyMapping, CountOverride, Product, ProductMapping, SyncRun
-        from webapp.sync import start_sync
-        from webapp.sync.plan import billed_month_start
-        from webapp.sync.push import UNDOCUMENTED_CONCURRENCY
-
-        app = create_app(environ=environ)
-        with app.app_context():
-            upgrade()
-            rng = random.Random(11)
-            products = [Product(name=n) for n in seeding.DEMO_PRODUCTS[:3]]
-            companies = [Company(name=f"Customer {i:05d}", external_id=f"c{i}") for i in range(args.companies)]
-            db.session.add_all(products + companies)
-            db.session.flush()
-            month = push_month("last_closed_month", dt.datetime.now(dt.UTC))
-            db.session.add_all(CountOverride(company_id=c.id, product_id=p.id, month=month, count=rng.randint(0, 60),
-                                             note="bench") for c in companies for p in products)
-            db.session.commit()
-            print(f"{args.companies} companies × 3 products, simulator latency {args.latency_ms:g} ms, "
-                  f"{args.workers} worker processes")
-            for kind in kinds:
-                integration = get_integration(kind)
-                values = dict(SIM_CREDENTIALS[kind])
-                if HOST_FIELD[kind]:
-                    values[HOST_FIELD[kind]] = host
-                save_credentials(integration, values)
-                integration.enabled, integration.credentials_status = True, "ok"
-                db.session.commit()
-                client = client_for(integration)
-                psa_products = {p.name: p.id for p in client.list_products()}
-                for product in products:
-                    db.session.add(ProductMapping(integration_id=integration.id, product_id=product.id,
-                                                  psa_product_id=psa_products[product.name]))
-                psa_companies = {c.name: c.id for c in client.list_companies()}
-                for company in companies:
-                    agreement = client.list_agreements(psa_companies[company.name])[0]
-                    db.session.add(CompanyMapping(integration_id=integration.id, company_id=company.id,
-                                                  psa_company_id=psa_companies[company.name],
-                                                  agreement_id=agreement.id))
-                db.session.commit()
-                # The minimum: what a perfect engine must write, from the lines as they are now.
-                mappings = db.session.scalars(db.select(CompanyMapping).filter_by(integration_id=integration.id)).all()
-                on = billed_month_start(dt.datetime.now(dt.UTC), "UTC")
-                lines = client.read_lines([m.agreement_id for m in mappings], on)
-                targets = {(o.company_id, o.product_id): o.count for o in db.session.scalars(db.select(CountOverride))}
-                by_psa = {psa_products[p.name]: p.id for p in products}
-                writes = 0
-                for m in mappings:
-                    held = {line.product_id: line.quantity for line in lines[m.agreement_id]}
-                    differing = 0
-                    for psa_id, pid in by_psa.items():
-                        target = targets.get((m.company_id, pid), 0)
-                        if psa_id in held:
-                            differing += held[psa_id] is None or held[psa_id] != target
-                        else:
-                            differing += target > 0
-                    # Kaseya BMS writes every line of a contract in one request.
-                    writes += min(differing, 1) if kind == "kaseya_bms" else differing
-                concurrency = client.concurrency_per_endpoint or UNDOCUMENTED_CONCURRENCY
-                if kind == "connectwise":
-                    reads = len(mappings)
-                elif kind == "autotask":
-                    reads = 2 * math.ceil(len(mappings) / 500)
-                else:
-                    services = state.data["kaseya_bms"]["services"].values()
-                    used = Counter(line["serviceId"] for line in state.data["kaseya_bms"]["contract_services"].values())
-                    mapped = {str(psa_id) for psa_id in psa_products.values()}
-                    reads = (math.ceil(len(mappings) / 100) + 1
-                             + sum(max(1, math.ceil(used[s["id"]] / 100)) for s in services
-                                   if s.get("isActive") and str(s["id"]) in mapped))
-                minimum = reads + writes
-
-                state.log.clear()
-                state.latency_ms = args.latency_ms
-                env = {**os.environ, **environ}
-                # Each worker in a session of its own, so its RQ scheduler child goes with it at the end.
-                workers = [subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=env,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                            start_new_session=True)
-                           for _ in range(args.workers)]
-                time.sleep(2)  # workers up before the clock starts
-                started = time.monotonic()
-                run = start_sync(integration, trigger="cli")
-                while True:
-                    db.session.rollback()
-                    current = db.session.get(SyncRun, run.id)
-                    if current.state not in ("queued", "running"):
-                        break
-                    time.sleep(0.2)
-                wall = time.monotonic() - started
-                rss = max(peak_rss_mb(w.pid) for w in workers)
-                for w in workers:
-                    w.send_signal(signal.SIGKILL)
-                    w.wait()
-                state.latency_ms = 0
-                sent = [r for r in state.log if r["psa"] == kind]
-                calls = len(sent)
-                bound = minimum * args.latency_ms / 1000 / concurrency
-                print(f"\n{kind}: run {current.state}: {current.in_sync} in sync, {current.updated} updated, "
-                      f"{current.needs_attention} need attention, {current.errors} errors")
-                print(f"  PSA calls {calls} vs minimum {minimum} ({reads} reads + {writes} writes): "
-                      f"{calls / minimum:.2f}× (target ≤ 1.1×)")
-                print(f"  wall {wall:.1f} s vs bound {bound:.1f} s ({minimum} × {args.latency_ms:g} ms ÷ "
-                      f"{concurrency}): {wall / bound:.2f}× (target ≤ 1.25×)")
-                if kind == "kaseya_bms":
-                    print(f"    (Kaseya BMS documents no concurrency limit: the bound uses the {concurrency} writes "
-                          "in flight SeatSync allows a PSA without one)")
-                projected = projected_wall(kind, sent, wall)
-                if projected:
-                    print(f"  {projected}")
-                print(f"  worker peak RSS {rss:.0f} MB (target ≤ 150 MB)")
-            db.session.remove()
-            db.engine.dispose()
+                db.session.remove()
+                db.engine.dispose()
     finally:
-        for w in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(w.pid, signal.SIGKILL)
-            w.wait(10)
         server.shutdown()
         redis.flushdb()
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    print("\n" + ("\n".join(["Problems:", *problems]) if problems else "Every run ended with every line right."))
+    sys.exit(1 if problems else 0)
+
+
+def bench_every_psa(args, state, host: str, environ: dict) -> list[str]:
+    from webapp.counts import push_month
+    from webapp.sync.plan import billed_month_start
+
+    now = dt.datetime.now(dt.UTC)
+    products = add_companies_and_targets(args.companies, push_month("last_closed_month", now))
+    sim = Sim(state, host, billed_month_start(now, "UTC"))
+    print(f"{args.companies} companies × 3 products, simulator latency {args.latency_ms:g} ms, "
+          f"{args.workers} worker processes")
+    problems = []
+    for kind in args.psa or PSAS:
+        mapped = map_everything(kind, host, products)
+        problems += calm_run(mapped, sim, args, environ)
+        if not args.no_storm:
+            problems += storm_run(mapped, sim, args, environ)
+    return problems
 
 
 if __name__ == "__main__":

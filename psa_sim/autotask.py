@@ -147,6 +147,16 @@ def _stamp(day: dt.date) -> str:
     return f"{day.isoformat()}T00:00:00"
 
 
+def line_quantities(tables: dict, on: dt.date) -> dict[tuple[str, str], float]:
+    """Test hook: (contract id, service id) -> units in effect on `on` (every change effective by then), summed."""
+    out: dict[tuple[str, str], float] = {}
+    for cs in tables["contract_services"].values():
+        units = sum(change for day, change in tables["unit_events"].get(cs["id"], []) if day <= on.isoformat())
+        key = (str(cs["contractID"]), str(cs["serviceID"]))
+        out[key] = out.get(key, 0.0) + units
+    return out
+
+
 def seed(tables: dict, dataset) -> None:
     service_ids = {}
     for index, product in enumerate(dataset.products):
@@ -619,7 +629,7 @@ def make_blueprint(state) -> Blueprint:
         with state.lock:
             # The server counts requests in flight per endpoint from before its simulated latency;
             # the simulator accepts one tracking identifier, so that is per identifier + endpoint.
-            busy = state.in_flight.get(key, 0) if key else 0
+            busy = state.in_flight.current(key) if key else 0
         if busy > THREAD_LIMIT:
             # Thread-limit rejections do not always come as a 429 (n8n-nodes-autotask retryHandler).
             return error_response(500, "", kind="thread_limit")
@@ -635,6 +645,19 @@ def make_blueprint(state) -> Blueprint:
         bp.add_url_rule(f"{prefix}<path:rest>", endpoint=f"api{prefix.strip('/')}", view_func=handle,
                         methods=["GET", "POST", "PATCH", "PUT", "DELETE"])
     return bp
+
+
+def _contract_child(tables: dict, method: str, parts: list[str], child: str) -> Any:
+    """`Contracts/{id}/Services` and its siblings: create under the contract, or list its children."""
+    parent = _int(parts[1], "parentId")
+    if child == "ContractServiceAdjustments" and len(parts) == 3 and method == "POST":
+        return _create_adjustment(tables, parent)
+    if child == "ContractServices" and len(parts) == 3 and method == "POST":
+        return _create_contract_service(tables, parent)
+    if len(parts) == 3 and method == "GET" and child != "ContractServiceAdjustments":
+        query = {"filter": [{"op": "eq", "field": "contractID", "value": parent}]}
+        return _run_query(tables, child, query, None)
+    raise ApiError(405, f"The requested resource does not support http method '{method}'.")
 
 
 def _dispatch(state, method: str, raw: list[str]) -> Any:
@@ -661,16 +684,7 @@ def _dispatch(state, method: str, raw: list[str]) -> Any:
                 return _create_adjustment(tables, None)
             raise ApiError(405, f"The requested resource does not support http method '{method}'.")
         if entity == "Contracts" and len(parts) >= 3 and lower[2] in CHILDREN:
-            parent = _int(parts[1], "parentId")
-            child = CHILDREN[lower[2]]
-            if child == "ContractServiceAdjustments" and len(parts) == 3 and method == "POST":
-                return _create_adjustment(tables, parent)
-            if child == "ContractServices" and len(parts) == 3 and method == "POST":
-                return _create_contract_service(tables, parent)
-            if len(parts) == 3 and method == "GET" and child != "ContractServiceAdjustments":
-                query = {"filter": [{"op": "eq", "field": "contractID", "value": parent}]}
-                return _run_query(tables, child, query, None)
-            raise ApiError(405, f"The requested resource does not support http method '{method}'.")
+            return _contract_child(tables, method, parts, CHILDREN[lower[2]])
         if lower[1:] == ["query"] and method in ("GET", "POST") and entity in FIELDS:
             query, after_id = _query_from_request()
             return _run_query(tables, entity, query, after_id)

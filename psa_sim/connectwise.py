@@ -92,6 +92,18 @@ def _iso(day: dt.date) -> str:
     return f"{day:%Y-%m-%d}T00:00:00Z"
 
 
+def line_quantities(tables: dict, on: dt.date) -> dict[tuple[str, str], float]:
+    """Test hook: (agreement id, catalog item id) -> quantity of the additions in effect on `on`, summed."""
+    out: dict[tuple[str, str], float] = {}
+    for addition in tables["additions"].values():
+        effective, cancelled = addition.get("effectiveDate"), addition.get("cancelledDate")
+        if (effective and effective[:10] > on.isoformat()) or (cancelled and cancelled[:10] <= on.isoformat()):
+            continue
+        key = (str(addition["agreementId"]), str(addition["product"]["id"]))
+        out[key] = out.get(key, 0.0) + (addition.get("quantity") or 0.0)
+    return out
+
+
 def seed(tables: dict, dataset) -> None:
     types = {name: {"id": i, "name": name, "defaultFlag": name == "Client", "vendorFlag": name == "Vendor"}
              for i, name in enumerate(("Client", "Prospect", "Vendor"), start=1)}
@@ -512,34 +524,43 @@ def _route(cw: dict, parts: list[str]) -> Response:
             found = _get(cw["catalog"], parts[2], "CatalogItem")
             return found if isinstance(found, Response) else jsonify(found)
     if parts[:2] == ["company", "companies"]:
-        tail = parts[2:]
-        if method != "GET":
-            return error_response(405, "The requested resource does not support this method.")
-        if not tail:
-            return _list_response([c for c in cw["companies"].values()])
-        if tail == ["types"]:
-            return _list_response(list(cw["company_types"].values()))
-        if tail == ["statuses"]:
-            return _list_response(list(cw["company_statuses"].values()))
-        if tail == ["count"]:
-            conditions = parse_conditions(request.args.get("conditions"))
-            rows = [c for c in cw["companies"].values() if conditions is None or _evaluate(conditions, c)]
-            return jsonify({"count": len(rows)})
-        if len(tail) == 1:
-            found = _get(cw["companies"], tail[0], "Company")
-            return found if isinstance(found, Response) else jsonify(found)
+        return _companies(cw, parts[2:])
     if parts[:2] == ["finance", "agreements"]:
-        tail = parts[2:]
-        if not tail and method == "GET":
+        return _agreements(cw, parts[2:])
+    return error_response(404, "The resource cannot be found.")
+
+
+def _companies(cw: dict, tail: list[str]) -> Response:
+    if request.method != "GET":
+        return error_response(405, "The requested resource does not support this method.")
+    if not tail:
+        return _list_response([c for c in cw["companies"].values()])
+    if tail == ["types"]:
+        return _list_response(list(cw["company_types"].values()))
+    if tail == ["statuses"]:
+        return _list_response(list(cw["company_statuses"].values()))
+    if tail == ["count"]:
+        conditions = parse_conditions(request.args.get("conditions"))
+        rows = [c for c in cw["companies"].values() if conditions is None or _evaluate(conditions, c)]
+        return jsonify({"count": len(rows)})
+    if len(tail) == 1:
+        found = _get(cw["companies"], tail[0], "Company")
+        return found if isinstance(found, Response) else jsonify(found)
+    return error_response(404, "The resource cannot be found.")
+
+
+def _agreements(cw: dict, tail: list[str]) -> Response:
+    if not tail:
+        if request.method == "GET":
             return _list_response(list(cw["agreements"].values()))
-        if tail:
-            agreement = _get(cw["agreements"], tail[0], "Agreement")
-            if isinstance(agreement, Response):
-                return agreement
-            if len(tail) == 1 and method == "GET":
-                return jsonify(agreement)
-            if len(tail) >= 2 and tail[1] == "additions":
-                return _additions(cw, agreement, tail[2:])
+        return error_response(404, "The resource cannot be found.")
+    agreement = _get(cw["agreements"], tail[0], "Agreement")
+    if isinstance(agreement, Response):
+        return agreement
+    if len(tail) == 1 and request.method == "GET":
+        return jsonify(agreement)
+    if len(tail) >= 2 and tail[1] == "additions":
+        return _additions(cw, agreement, tail[2:])
     return error_response(404, "The resource cannot be found.")
 
 

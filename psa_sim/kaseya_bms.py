@@ -206,20 +206,28 @@ def _new_id(tables: dict) -> int:
 # --------------------------------------------------------------------------------------------------
 def make_blueprint(state) -> Blueprint:
     bp = Blueprint("kaseya_bms_sim", __name__)
+    _security_routes(bp, state)
+    _crm_routes(bp, state)
+    _service_routes(bp, state)
+    _contract_routes(bp, state)
+    return bp
 
+
+def _issue_tokens(t: dict) -> dict:
+    now = time.time()
+    access = ".".join(secrets.token_urlsafe(n) for n in (12, 24, 16))  # looks like a JWT, is opaque
+    refresh = secrets.token_urlsafe(24)
+    expires = now + float(t["settings"]["token_lifetime"])
+    refresh_expires = now + float(t["settings"]["refresh_lifetime"])
+    t["tokens"][access] = expires
+    t["refresh_tokens"][refresh] = {"access": access, "expires": refresh_expires}
+    return {"accessToken": access, "refreshToken": refresh, "accessTokenExpireOn": _utc(expires),
+            "refreshTokenExpireOn": _utc(refresh_expires)}
+
+
+def _security_routes(bp: Blueprint, state) -> None:
     def tables() -> dict:
         return state.data["kaseya_bms"]
-
-    def issue_tokens(t: dict) -> dict:
-        now = time.time()
-        access = ".".join(secrets.token_urlsafe(n) for n in (12, 24, 16))  # looks like a JWT, is opaque
-        refresh = secrets.token_urlsafe(24)
-        expires = now + float(t["settings"]["token_lifetime"])
-        refresh_expires = now + float(t["settings"]["refresh_lifetime"])
-        t["tokens"][access] = expires
-        t["refresh_tokens"][refresh] = {"access": access, "expires": refresh_expires}
-        return {"accessToken": access, "refreshToken": refresh, "accessTokenExpireOn": _utc(expires),
-                "refreshTokenExpireOn": _utc(refresh_expires)}
 
     @bp.before_request
     def require_token():
@@ -248,7 +256,7 @@ def make_blueprint(state) -> Blueprint:
             if (t["users"].get(user) is None or t["users"][user] != _form("Password")
                     or tenant.lower() != t["settings"]["tenant"].lower()):
                 return _fail("Invalid username, password or tenant.", code=978002)
-            return _ok(issue_tokens(t))
+            return _ok(_issue_tokens(t))
 
     @bp.post("/v2/security/refreshtoken")
     def refresh_token():
@@ -260,7 +268,12 @@ def make_blueprint(state) -> Blueprint:
                 return _fail("Security Error", status=401, code=EXPIRED_TOKEN_CODE)
             del t["refresh_tokens"][refresh]
             t["tokens"].pop(access, None)
-            return _ok(issue_tokens(t))
+            return _ok(_issue_tokens(t))
+
+
+def _crm_routes(bp: Blueprint, state) -> None:
+    def tables() -> dict:
+        return state.data["kaseya_bms"]
 
     @bp.get("/v2/system/accounttypes/lookup")
     def account_types():
@@ -299,6 +312,11 @@ def make_blueprint(state) -> Blueprint:
             if _arg("PageSize"):
                 rows = _page(rows, t, _arg("PageSize"), _arg("PageNumber"))[0]
             return _ok(rows)  # a List response: no totalRecords
+
+
+def _service_routes(bp: Blueprint, state) -> None:
+    def tables() -> dict:
+        return state.data["kaseya_bms"]
 
     @bp.post("/v2/admin/finance/services/search")
     def services_search():
@@ -340,6 +358,11 @@ def make_blueprint(state) -> Blueprint:
             rows.sort(key=lambda r: r["id"])
             page, total = _page(rows, t, _ci(body, "PageSize"), _ci(body, "PageNumber"))
             return _ok(page, total)
+
+
+def _contract_routes(bp: Blueprint, state) -> None:
+    def tables() -> dict:
+        return state.data["kaseya_bms"]
 
     @bp.get("/v2/finance/contracts/lookup")
     def contracts_lookup():
@@ -390,50 +413,67 @@ def make_blueprint(state) -> Blueprint:
                 return _fail(f"Contract {contract_id} not found.", code=404)
             if contract["contractType"] != RECURRING:
                 return _fail("Services can only be added to a Recurring Services contract.", code=400)
-            checked = []
-            for item in items:
-                service = t["services"].get(str(_ci(item, "ServiceId")))
-                units = _ci(item, "Units")
-                if service is None:
-                    return _fail(f"Service {_ci(item, 'ServiceId')} not found.", code=404)
-                if not isinstance(units, int) or isinstance(units, bool) or units < 0:
-                    return _fail("Units must be a whole number of 0 or more.", code=400)
-                effective = str(_ci(item, "EffectiveDate") or "")
-                try:
-                    dt.date.fromisoformat(effective[:10])
-                except ValueError:
-                    return _fail("EffectiveDate is not a date.", code=400)
-                checked.append((item, service, units, effective))
-            now = _utc(time.time())
-            out = None
-            on_contract = {s["serviceId"]: s for s in t["contract_services"].values() if s["contractId"] == contract_id}
-            for item, service, units, effective in checked:
-                # SeatSync's assumption (notes §8.1): one line per service per contract, upserted.
-                line = on_contract.get(service["id"])
-                if line is None:
-                    line = {"id": _new_id(t), "contractId": contract_id, "serviceId": service["id"],
-                            "serviceName": service["name"], "description": service["description"],
-                            "unitCost": service["unitCost"], "unitPrice": service["unitPrice"], "units": 0,
-                            "effectiveDate": effective, "sortOrder": 0, "createdOn": now, "history": []}
-                    t["contract_services"][str(line["id"])] = line
-                    on_contract[service["id"]] = line
-                for field, key in (("ServiceName", "serviceName"), ("ServiceDescription", "description"),
-                                   ("UnitCost", "unitCost"), ("UnitPrice", "unitPrice"), ("SortOrder", "sortOrder")):
-                    if _ci(item, field) is not None:
-                        line[key] = _ci(item, field)
-                line["units"] = units
-                line["effectiveDate"] = effective
-                line["modifiedOn"] = now
-                line["history"].append({"units": units, "effectiveDate": effective, "at": now})
-                out = out or _service_post_out(t, line)
-            return _ok(out)  # the spec's RecurringServicePostOutputDtoResponse: one object
+            checked = _checked_services(t, items)
+            if isinstance(checked, Response):
+                return checked
+            # The spec's RecurringServicePostOutputDtoResponse: one object, the first line written.
+            return _ok(_upsert_services(t, contract_id, checked))
 
-    return bp
+
+def _checked_services(t: dict, items: list) -> list[tuple[dict, dict, int, str]] | Response:
+    """(item, service, units, effective date) per posted item, or the failure the first bad item earns."""
+    checked = []
+    for item in items:
+        service = t["services"].get(str(_ci(item, "ServiceId")))
+        units = _ci(item, "Units")
+        if service is None:
+            return _fail(f"Service {_ci(item, 'ServiceId')} not found.", code=404)
+        if not isinstance(units, int) or isinstance(units, bool) or units < 0:
+            return _fail("Units must be a whole number of 0 or more.", code=400)
+        effective = str(_ci(item, "EffectiveDate") or "")
+        try:
+            dt.date.fromisoformat(effective[:10])
+        except ValueError:
+            return _fail("EffectiveDate is not a date.", code=400)
+        checked.append((item, service, units, effective))
+    return checked
+
+
+def _upsert_services(t: dict, contract_id: int, checked: list[tuple[dict, dict, int, str]]) -> dict | None:
+    now = _utc(time.time())
+    out = None
+    on_contract = {s["serviceId"]: s for s in t["contract_services"].values() if s["contractId"] == contract_id}
+    for item, service, units, effective in checked:
+        # SeatSync's assumption (notes §8.1): one line per service per contract, upserted.
+        line = on_contract.get(service["id"])
+        if line is None:
+            line = {"id": _new_id(t), "contractId": contract_id, "serviceId": service["id"],
+                    "serviceName": service["name"], "description": service["description"],
+                    "unitCost": service["unitCost"], "unitPrice": service["unitPrice"], "units": 0,
+                    "effectiveDate": effective, "sortOrder": 0, "createdOn": now, "history": []}
+            t["contract_services"][str(line["id"])] = line
+            on_contract[service["id"]] = line
+        for field, key in (("ServiceName", "serviceName"), ("ServiceDescription", "description"),
+                           ("UnitCost", "unitCost"), ("UnitPrice", "unitPrice"), ("SortOrder", "sortOrder")):
+            if _ci(item, field) is not None:
+                line[key] = _ci(item, field)
+        line["units"] = units
+        line["effectiveDate"] = effective
+        line["modifiedOn"] = now
+        line["history"].append({"units": units, "effectiveDate": effective, "at": now})
+        out = out or _service_post_out(t, line)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
 # Seed
 # --------------------------------------------------------------------------------------------------
+def line_quantities(tables: dict, on: dt.date) -> dict[tuple[str, str], float]:
+    """Test hook: (contract id, service id) -> units (the simulator keeps one upserted row per pair; `on` unused)."""
+    return {(str(line["contractId"]), str(line["serviceId"])): float(line["units"])
+            for line in tables["contract_services"].values()}
+
+
 def seed(tables: dict, dataset) -> None:
     tables["account_types"] = {
         "1": {"id": 1, "name": "Client", "isActive": True, "isClient": True, "isVendor": False},

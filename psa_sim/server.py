@@ -6,15 +6,41 @@ Autotask `/atservicesrest/…`, Kaseya BMS `/v2/…`), so one port serves them a
 Controls (JSON):
 - POST /_sim/reset                      empty every PSA, clear the log and the faults
 - POST /_sim/seed     {"companies": N | "demo", "products": [...]}   seed all three PSAs alike
-- GET  /_sim/requests[?psa=autotask]    the request log: [{psa, method, path, query, status, body}]
+- GET  /_sim/requests[?psa=autotask]    the request log: [{psa, method, path, query, status, body, at, fault}]
+                                        (`fault`: the kind or status of the injected fault, else null)
 - DELETE /_sim/requests                 clear the log
-- POST /_sim/faults   {"latency_ms": 50, "rules": [{"psa", "method", "path_contains", "status",
-                       "times", "retry_after", "kind"}]}  inject latency and errors
+- POST /_sim/faults   {"latency_ms": 50, "seed": 7, "rules": [...]}   inject latency and errors
+- GET  /_sim/concurrency                requests in flight since the last reset or log clear, per PSA and per
+                                        "psa endpoint": {"seconds": window, "psas": {psa: figures},
+                                        "endpoints": {"autotask ContractServiceUnits": figures}} where figures =
+                                        {max, average_while_busy, average_over_wall, busy_seconds}: the most at
+                                        once, and the time-weighted average in flight over the time at least one
+                                        was in flight and over the whole window (psa_sim/inflight.py)
 - GET  /_sim/state/<psa>                the PSA's records, for assertions
+- GET  /_sim/lines/<psa>[?on=2026-06-01] every line's quantity in effect on that day (default today), read from
+                                        the records, not through the API: [{agreement, product, quantity}]
+                                        (Kaseya BMS: its one upserted row per contract and service)
+
+Fault rules (psa_sim/faults.py). A rule matches by `psa`, `method` and `path_contains` (all optional) and fails
+- the next `times` matching requests (default 1; -1 = all), or
+- `"every": N`: every N-th matching request, and/or `"rate": 0.2`: each with that probability, from an RNG
+  seeded by the payload's `seed` (default 0), so a run is reproducible; `times` then caps the failures
+  (default unlimited).
+Each rule counts every request it matches; the first rule that fires answers. How it fails:
+- `"status": 503` (default 500): answered with the PSA's own error body for that status, not processed;
+- `"status": 429, "retry_after": 1`: the same, with a Retry-After header (any status may carry one);
+- `"kind": "thread_limit"` (Autotask, with status 500 or 429): Autotask's thread-threshold error text
+  (Itgenatr005); other PSA-specific body kinds: Autotask "permission"/"empty", Kaseya BMS "envelope";
+- `"kind": "timeout", "delay_ms": 65000`: processed, but the answer is held `delay_ms` (default 65 s,
+  past SeatSync's 60 s read timeout), so the client gives up on a request that did land;
+- `"kind": "applied"`: processed, then answered `status` (500) instead of the real success: the lost
+  answer of a write that happened (a request the PSA refused keeps its own answer).
+Posting `rules` replaces every rule and restarts their counters and the RNG.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
@@ -25,27 +51,10 @@ from flask import Flask, Response, g, jsonify, request
 
 from . import autotask, connectwise, kaseya_bms
 from . import seed as seeding
+from .faults import APPLIED, SERVER_ACTED, TIMEOUT, FaultRule, Faults, InvalidRule
+from .inflight import InFlight
 
 PSA_MODULES = {"connectwise": connectwise, "autotask": autotask, "kaseya_bms": kaseya_bms}
-
-
-@dataclass
-class FaultRule:
-    psa: str | None = None
-    method: str | None = None
-    path_contains: str | None = None
-    status: int = 500
-    times: int = 1  # how many matching requests fail; -1 = all
-    retry_after: float | None = None
-    kind: str | None = None  # PSA-specific error kind, e.g. "thread_limit" (Autotask)
-
-    def matches(self, psa: str, method: str, path: str) -> bool:
-        return (
-            self.times != 0
-            and (self.psa is None or self.psa == psa)
-            and (self.method is None or self.method.upper() == method)
-            and (self.path_contains is None or self.path_contains.lower() in path.lower())
-        )
 
 
 @dataclass
@@ -56,18 +65,30 @@ class SimState:
     data: dict[str, dict[str, Any]] = field(default_factory=dict)  # psa -> that PSA's tables
     log: list[dict[str, Any]] = field(default_factory=list)
     latency_ms: float = 0.0
-    rules: list[FaultRule] = field(default_factory=list)
-    in_flight: dict[str, int] = field(default_factory=dict)  # "psa endpoint" -> concurrent requests
-    max_in_flight: dict[str, int] = field(default_factory=dict)
+    faults: Faults = field(default_factory=Faults)
+    in_flight: InFlight = field(default_factory=InFlight)  # per "psa endpoint" and per "psa"
 
     def reset(self) -> None:
         with self.lock:
             self.data = {kind: module.empty_state() for kind, module in PSA_MODULES.items()}
-            self.log.clear()
-            self.rules.clear()
+            self.faults = Faults()
             self.latency_ms = 0.0
-            self.in_flight.clear()
-            self.max_in_flight.clear()
+            self.clear_log()
+
+    def clear_log(self) -> None:
+        """Empty the request log and open a new in-flight window (requests still in flight stay counted)."""
+        with self.lock:
+            self.log.clear()
+            self.in_flight.restart()
+
+
+def fault_response(psa: str, rule: FaultRule) -> Response:
+    body_kind = None if rule.kind in SERVER_ACTED else rule.kind
+    response = PSA_MODULES[psa].error_response(rule.status, "Simulated failure", kind=body_kind)
+    if rule.retry_after is not None:
+        seconds = rule.retry_after
+        response.headers["Retry-After"] = str(int(seconds) if float(seconds).is_integer() else seconds)
+    return response
 
 
 def psa_of(path: str) -> str | None:
@@ -86,6 +107,26 @@ def create_sim_app(seed: str | int | None = None) -> Flask:
         app.register_blueprint(module.make_blueprint(state))
     if seed is not None:
         seeding.seed_all(state, seed)
+    install_request_hooks(app, state)
+    install_controls(app, state)
+    return app
+
+
+def log_entry(psa: str, response: Response, fault: FaultRule | None) -> dict[str, Any]:
+    return {
+        "psa": psa,
+        "method": request.method,
+        "path": request.path,
+        "query": request.query_string.decode(),
+        "status": response.status_code,
+        "body": request.get_data(as_text=True)[:2000],
+        "at": time.time(),
+        "fault": None if fault is None else (fault.kind or fault.status),
+    }
+
+
+def install_request_hooks(app: Flask, state: SimState) -> None:
+    """Around every PSA request: count it in flight, add the latency, act out the fault rules, log it."""
 
     @app.before_request
     def before():
@@ -95,39 +136,41 @@ def create_sim_app(seed: str | int | None = None) -> Flask:
             return None
         g.endpoint_key = f"{g.psa} {PSA_MODULES[g.psa].endpoint_of(path)}"
         with state.lock:
-            state.in_flight[g.endpoint_key] = state.in_flight.get(g.endpoint_key, 0) + 1
-            now_in_flight = state.in_flight[g.endpoint_key]
-            state.max_in_flight[g.endpoint_key] = max(state.max_in_flight.get(g.endpoint_key, 0), now_in_flight)
+            state.in_flight.enter((g.endpoint_key, g.psa))
             latency = state.latency_ms
-            rule = next((r for r in state.rules if r.matches(g.psa, request.method, path)), None)
-            if rule is not None and rule.times > 0:
-                rule.times -= 1
+            g.fault = state.faults.pick(g.psa, request.method, path)
         if latency:
             time.sleep(latency / 1000.0)
-        if rule is not None:
-            response = PSA_MODULES[g.psa].error_response(rule.status, "Simulated failure", kind=rule.kind)
-            if rule.retry_after is not None:
-                response.headers["Retry-After"] = str(rule.retry_after)
-            return response
+        if g.fault is not None and g.fault.kind not in SERVER_ACTED:
+            return fault_response(g.psa, g.fault)
         return None
 
     @app.after_request
     def after(response: Response):
         if getattr(g, "psa", None) is None:
             return response
+        fault = g.get("fault")
+        if fault is not None and fault.kind == APPLIED:
+            if response.status_code >= 300:
+                fault = None  # refused by the PSA itself: nothing was applied, its own answer stands
+            else:
+                response = fault_response(g.psa, fault)
+        entry = log_entry(g.psa, response, fault)
         with state.lock:
-            state.in_flight[g.endpoint_key] -= 1
-            body = request.get_data(as_text=True)
-            state.log.append({
-                "psa": g.psa,
-                "method": request.method,
-                "path": request.path,
-                "query": request.query_string.decode(),
-                "status": response.status_code,
-                "body": body[:2000],
-                "at": time.time(),
-            })
+            state.log.append(entry)
+        if fault is not None and fault.kind == TIMEOUT:
+            time.sleep(fault.delay_ms / 1000.0)  # the client has given up by now; the request did land
         return response
+
+    @app.teardown_request
+    def leave(_error):
+        if getattr(g, "psa", None) is not None:
+            with state.lock:
+                state.in_flight.leave((g.endpoint_key, g.psa))
+
+
+def install_controls(app: Flask, state: SimState) -> None:
+    """The `/_sim/` routes documented at the top of this module."""
 
     @app.post("/_sim/reset")
     def reset():
@@ -149,31 +192,42 @@ def create_sim_app(seed: str | int | None = None) -> Flask:
 
     @app.delete("/_sim/requests")
     def clear_log():
-        with state.lock:
-            state.log.clear()
-            state.max_in_flight.clear()
+        state.clear_log()
         return jsonify(ok=True)
 
     @app.get("/_sim/concurrency")
     def concurrency():
         with state.lock:
-            return jsonify(dict(state.max_in_flight))
+            report = state.in_flight.report()
+            return jsonify(seconds=round(state.in_flight.clock() - state.in_flight.since, 3),
+                           psas={k: v for k, v in report.items() if " " not in k},
+                           endpoints={k: v for k, v in report.items() if " " in k})
 
     @app.post("/_sim/faults")
     def faults():
         payload = request.get_json(silent=True) or {}
+        try:
+            new_faults = Faults.from_payload(payload["rules"], payload.get("seed")) if "rules" in payload else None
+        except (InvalidRule, TypeError) as error:
+            return jsonify(error=str(error)), 400
         with state.lock:
             state.latency_ms = float(payload.get("latency_ms", state.latency_ms))
-            if "rules" in payload:
-                state.rules = [FaultRule(**rule) for rule in payload["rules"]]
+            if new_faults is not None:
+                state.faults = new_faults
         return jsonify(ok=True)
+
+    @app.get("/_sim/lines/<psa>")
+    def lines(psa: str):
+        on = dt.date.fromisoformat(request.args["on"]) if "on" in request.args else dt.date.today()
+        with state.lock:
+            held = PSA_MODULES[psa].line_quantities(state.data[psa], on)
+        return jsonify([{"agreement": agreement, "product": product, "quantity": quantity}
+                        for (agreement, product), quantity in sorted(held.items())])
 
     @app.get("/_sim/state/<psa>")
     def dump(psa: str):
         with state.lock:
             return Response(json.dumps(state.data[psa], default=str), mimetype="application/json")
-
-    return app
 
 
 def serve(host: str = "127.0.0.1", port: int = 8099, seed: str | int | None = "demo") -> None:

@@ -189,8 +189,8 @@ def test_workers_together_never_exceed_three_requests_at_once_per_endpoint(psa_s
     for thread in threads:
         thread.join()
     assert errors == []
-    peaks = psa_sim.control("GET", "concurrency")
-    assert peaks["autotask ContractServiceUnits"] <= 3 and peaks["autotask ContractServices"] <= 3
+    peaks = psa_sim.control("GET", "concurrency")["endpoints"]
+    assert peaks["autotask ContractServiceUnits"]["max"] <= 3 and peaks["autotask ContractServices"]["max"] <= 3
     assert all(r["status"] == 200 for r in psa_sim.requests("autotask"))
 
 
@@ -211,3 +211,18 @@ def test_the_simulator_is_as_strict_as_the_real_api(psa_sim):
         unreadable = requests.request(method, base + "ContractServiceAdjustments/query", headers=headers, timeout=5,
                                       json={"filter": [{"op": "gte", "field": "id", "value": 0}]})
         assert unreadable.status_code == 405
+
+
+def test_the_simulators_lines_view_shows_the_units_in_effect_on_each_day(psa_sim):
+    client = autotask(psa_sim)
+    _, contract = customer(psa_sim, "Cedar Law Group")
+    (line,) = client.read_lines([contract], ON)[contract]
+    later = ON + dt.timedelta(days=14)
+    client.set_quantity(contract, line.product_id, 20, current=line, options=WriteOptions(effective_date=later))
+
+    def held(day: dt.date) -> float:
+        lines = psa_sim.control("GET", "lines/autotask", params={"on": day.isoformat()})
+        return next(row["quantity"] for row in lines
+                    if (row["agreement"], row["product"]) == (contract, line.product_id))
+
+    assert (held(ON), held(later)) == (line.quantity, 20)

@@ -182,7 +182,7 @@ def test_rate_limit_storm_still_ends_with_the_right_quantity_and_three_requests_
     assert [after[a][0].quantity for a in agreements] == [42.0] * 4
     statuses = [r["status"] for r in sim_requests(psa_sim, "connectwise", "/additions")]
     assert statuses.count(429) == 9
-    assert psa_sim.control("GET", "concurrency").get("connectwise finance/agreements/additions", 0) <= 3
+    assert psa_sim.control("GET", "concurrency")["endpoints"]["connectwise finance/agreements/additions"]["max"] <= 3
 
 
 def test_company_names_with_quotes_are_found_by_search(client, psa_sim):
