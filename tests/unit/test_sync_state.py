@@ -194,6 +194,8 @@ ENGINE_WORDS = {str(v) for v in (*CompanyStatus, *LineAction, *Verification, *Ru
 # checked only where they are compared with an engine column.
 SHARED = {"queued", "running", "finished", "failed", "none", "error", "updated", "disabled", "excluded",
           "created", "cancelled"}
+TEMPLATE_COMPARISON = re.compile(
+    r"""(?:run\.state|line\.action|mapping\.status|(?<![.\w])status)\s*(?:==|!=|in)\s*\(?["']([^"']+)["']""")
 ENGINE_COLUMNS = re.compile(r"\.(status|state|action|verification)\s*(==|!=|in\b|not in\b)\s*")
 
 
@@ -214,7 +216,7 @@ def _literals_outside_state() -> list[str]:
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
     for path in sorted((ROOT / "webapp" / "templates").rglob("*.html")):
         for n, line in enumerate(path.read_text().splitlines(), 1):
-            quoted = re.findall(r"""(?:run\.state|line\.action|mapping\.status|(?<![.\w])status)\s*(?:==|!=|in)\s*\(?["']([^"']+)["']""", line)
+            quoted = TEMPLATE_COMPARISON.findall(line)
             if any(value in ENGINE_WORDS for value in quoted):
                 found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()[:80]}")
     return found
