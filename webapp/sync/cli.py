@@ -26,6 +26,50 @@ def _summary(run: SyncRun) -> str:
             + (f". {run.message}" if run.message else ""))
 
 
+def _start_runs(kind: str | None, company: str | None) -> tuple[list[int], bool]:
+    """Start a run per integration (or for one company); (run ids, whether any could not start)."""
+    from . import SyncUnavailable, start_sync
+
+    runs, failed = [], False
+    for integration in _integrations(kind):
+        if not kind and not integration.enabled:
+            continue
+        mapping = None
+        if company:
+            mapping = db.session.scalar(
+                select(CompanyMapping).join(Company, Company.id == CompanyMapping.company_id)
+                .where(CompanyMapping.integration_id == integration.id, Company.name == company))
+            if mapping is None:
+                click.echo(f"{integration.kind}: {company!r} has no company mapping.")
+                failed = True
+                continue
+        try:
+            run = start_sync(integration, trigger="cli", company_mapping=mapping)
+        except SyncUnavailable as error:
+            click.echo(f"{integration.kind}: {error.reason}")
+            failed = True
+            continue
+        click.echo(f"{integration.kind}: run {run.id} queued ({run.total} companies).")
+        runs.append(run.id)
+    return runs, failed
+
+
+def _wait_for(runs: list[int], timeout: int) -> bool:
+    """Wait for the runs to end and print each outcome; True if any did not end well."""
+    deadline = time.monotonic() + timeout
+    pending = list(runs)
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.5)
+        db.session.rollback()
+        pending = [r for r in pending if db.session.get(SyncRun, r).state in ACTIVE_RUN]
+    failed = False
+    for run_id in runs:
+        run = db.session.get(SyncRun, run_id)
+        click.echo(_summary(run))
+        failed = failed or run.state in (*ACTIVE_RUN, RunState.FAILED) or run.errors > 0
+    return failed
+
+
 def register_sync_cli(app: Flask) -> None:
     @app.cli.command("sync")
     @click.option("--psa", "kind", type=click.Choice(["connectwise", "autotask", "kaseya_bms"]),
@@ -35,42 +79,11 @@ def register_sync_cli(app: Flask) -> None:
     @click.option("--timeout", default=3600, show_default=True, help="Seconds to wait.")
     def sync_command(kind: str | None, company: str | None, wait: bool, timeout: int):
         """Run a sync now, as "Sync now" does."""
-        from . import SyncUnavailable, start_sync
-
-        runs, failed = [], False
-        for integration in _integrations(kind):
-            if not kind and not integration.enabled:
-                continue
-            mapping = None
-            if company:
-                mapping = db.session.scalar(
-                    select(CompanyMapping).join(Company, Company.id == CompanyMapping.company_id)
-                    .where(CompanyMapping.integration_id == integration.id, Company.name == company))
-                if mapping is None:
-                    click.echo(f"{integration.kind}: {company!r} has no company mapping.")
-                    failed = True
-                    continue
-            try:
-                run = start_sync(integration, trigger="cli", company_mapping=mapping)
-            except SyncUnavailable as error:
-                click.echo(f"{integration.kind}: {error.reason}")
-                failed = True
-                continue
-            click.echo(f"{integration.kind}: run {run.id} queued ({run.total} companies).")
-            runs.append(run.id)
+        runs, failed = _start_runs(kind, company)
         if not runs and not failed:
             click.echo("No enabled integration to sync.")
         if wait:
-            deadline = time.monotonic() + timeout
-            pending = list(runs)
-            while pending and time.monotonic() < deadline:
-                time.sleep(0.5)
-                db.session.rollback()
-                pending = [r for r in pending if db.session.get(SyncRun, r).state in ACTIVE_RUN]
-            for run_id in runs:
-                run = db.session.get(SyncRun, run_id)
-                click.echo(_summary(run))
-                failed = failed or run.state in (*ACTIVE_RUN, RunState.FAILED) or run.errors > 0
+            failed = _wait_for(runs, timeout) or failed
         if failed:
             raise SystemExit(1)
 
