@@ -241,3 +241,42 @@ def test_a_worker_killed_mid_autotask_run_leaves_work_the_next_worker_finishes_w
     # each reached Autotask once and is reported as completed, none twice.
     assert 1 <= len(completed) <= 2 and {r.action for r in completed} == {"updated"}
     assert len({(r.company_mapping_id, r.psa_product_id) for r in completed}) == len(completed)
+
+
+STORM_SEATS = {**SEATS, ("Evergreen Clinic", PM): 6, ("Granite Accounting", EB): 3, ("Bluebird Logistics", EB): 2}
+
+
+def storm_rules(kind: str) -> list[dict]:
+    """≥ 20 % of requests fail transiently: 5xx at random, every 5th a 429 with Retry-After, and for Autotask
+    its thread-limit answers and bare 500s (a 500 with an errors list is Autotask's validation answer)."""
+    server_error = {"psa": kind, "rate": 0.2, "status": 503}
+    rules = [{"psa": kind, "every": 5, "status": 429, "retry_after": 0.2}, server_error,
+             {"psa": kind, "rate": 0.05, "status": 502}]
+    if kind == "autotask":
+        rules += [{"psa": kind, "rate": 0.05, "status": 500, "kind": "thread_limit"},
+                  {"psa": kind, "rate": 0.05, "status": 500, "kind": "empty"}]
+    return rules
+
+
+@pytest.mark.parametrize("kind", ["connectwise", "autotask", "kaseya_bms"])
+def test_one_sync_now_in_a_fault_storm_ends_with_every_line_right_and_no_company_in_error(kind, psa_sim, rq_workers):
+    world = build_world(kind, psa_sim, STORM_SEATS)
+    psa_sim.faults(rules=storm_rules(kind), seed=7)
+    rq_workers.start(2)
+    run = wait_for_run(world.start().id, timeout=240)
+    failed = [(r.message, r.hint) for r in db.session.scalars(db.select(LineResult).filter_by(run_id=run.id,
+                                                                                             action="error"))]
+    assert run.state == "finished" and run.errors == 0, (failed, rq_workers.output()[-3000:])
+    assert run.in_sync + run.updated + run.needs_attention + run.errors == run.done == run.total
+    faults = [r for r in psa_sim.requests(kind) if r.get("fault")]
+    assert len(faults) >= 0.15 * len(psa_sim.requests(kind)), "the storm was not a storm"
+    psa_sim.faults()
+    if kind == "kaseya_bms":
+        got = {k: v for k, v in bms_units(psa_sim, world).items() if k in STORM_SEATS}
+    else:
+        got = {k: v for k, v in world.quantities().items() if k in STORM_SEATS}
+    assert got == {k: [float(v)] for k, v in STORM_SEATS.items()}
+    if kind == "autotask":
+        assert all(len(v) == 1 for v in adjustments_per_line(psa_sim).values())
+    assert not db.session.scalar(db.select(db.func.count(CompanyMapping.id))
+                                 .where(CompanyMapping.status.in_(("queued", "syncing"))))
