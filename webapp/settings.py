@@ -8,6 +8,7 @@ to start and names the missing variable.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets
 from pathlib import Path
@@ -82,9 +83,14 @@ def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> 
         SESSION_COOKIE_SAMESITE="Lax",
         REMEMBER_COOKIE_SECURE=_bool(env.get("SESSION_COOKIE_SECURE"), default=production),
         REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_DURATION=dt.timedelta(days=int(env.get("REMEMBER_ME_DAYS") or 14)),
         PERMANENT_SESSION_LIFETIME=int(env.get("SESSION_LIFETIME_SECONDS", 8 * 3600)),
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
         LOGIN_RATE_LIMIT=env.get("LOGIN_RATE_LIMIT", "5 per minute;20 per hour"),
+        LOGIN_ACCOUNT_RATE_LIMIT=env.get("LOGIN_ACCOUNT_RATE_LIMIT", "10 per minute;30 per hour"),
+        # Proxies in front of SeatSync whose X-Forwarded-For/-Proto/-Port are believed (1 on Heroku).
+        TRUSTED_PROXIES=int(env.get("TRUSTED_PROXIES") or 0),
         RATELIMIT_STORAGE_URI=env.get("REDIS_URL") or "memory://",
         RATELIMIT_HEADERS_ENABLED=True,
         PSA_DEV_HOSTS=env.get("PSA_DEV_HOSTS", ""),

@@ -32,7 +32,7 @@ from ..models import Company, CompanyMapping, Integration, LineResult, Product, 
 from ..models._types import utcnow
 from ..psa_clients import PSA_KINDS, PsaError, ValidationFailed, client_class
 from ..queue import get_redis
-from ..security import admin_only
+from ..security import admin_only, safe_next
 from ..sync import SyncUnavailable, unavailable_reason
 from ..sync import start_sync as engine_start_sync
 from ..sync.schedule import next_slot
@@ -321,7 +321,7 @@ def render_row(integration: Integration, company: Company, mapping: CompanyMappi
 
 
 def back_to_companies(integration: Integration):
-    return redirect(request.form.get("next") or url_for(f"{integration.kind}.companies"))
+    return redirect(safe_next(request.form.get("next"), url_for(f"{integration.kind}.companies")))
 
 
 def _company_or_404(company_id: int) -> Company:
@@ -552,7 +552,7 @@ def sync_now(kind: str):
     run, reason = start_sync(integration, "sync_now")
     if not htmx:
         flash(reason or "Sync started.", "error" if reason else "success")
-        return redirect(request.form.get("next") or url_for(f"{kind}.page"))
+        return redirect(safe_next(request.form.get("next"), url_for(f"{kind}.page")))
     response = make_response(render_template("integrations/_progress.html", **_context(
         integration, run=run or latest_run(integration), blocker=sync_blocker(integration), sync_error=reason)))
     if run is not None:

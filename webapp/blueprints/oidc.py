@@ -28,7 +28,7 @@ from ..models import User
 from ..models._types import utcnow
 from ..models.users import ROLES
 from ..security import public
-from .auth import _safe_next
+from .auth import next_page
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def _refuse(message: str, reason: str):
 def start():
     if not is_configured():
         return _refuse("Single sign-on is not configured on this server.", "not configured")
-    session[NEXT_KEY] = _safe_next(request.args.get("next"))
+    session[NEXT_KEY] = next_page(request.args.get("next"))
     try:
         return _client().authorize_redirect(url_for("oidc.callback", _external=True))
     except (requests.RequestException, ValueError, RuntimeError) as exc:
