@@ -48,6 +48,19 @@ def _database_url(url: str) -> str:
     return url
 
 
+def _role_map(value: str) -> dict[str, str]:
+    """OIDC_ROLE_MAP "SeatSync.Admin=admin,SeatSync.Billing=billing": provider app role → SeatSync role."""
+    from .models.users import ROLES
+
+    role_map = {}
+    for pair in filter(None, (p.strip() for p in value.split(","))):
+        app_role, _, role = (part.strip() for part in pair.partition("="))
+        if not app_role or role not in ROLES:
+            raise ConfigurationError(f"OIDC_ROLE_MAP: “{pair}” must read AppRole=role, role one of {', '.join(ROLES)}.")
+        role_map[app_role] = role
+    return role_map
+
+
 def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> dict:
     env = dict(os.environ if environ is None else environ)
     instance = Path(instance_path)
@@ -108,6 +121,7 @@ def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> 
         OIDC_CLIENT_SECRET=env.get("OIDC_CLIENT_SECRET") or None,
         OIDC_ALLOWED_DOMAINS=[d.strip().lower() for d in env.get("OIDC_ALLOWED_DOMAINS", "").split(",") if d.strip()],
         OIDC_DEFAULT_ROLE=env.get("OIDC_DEFAULT_ROLE", "viewer"),
+        OIDC_ROLE_MAP=_role_map(env.get("OIDC_ROLE_MAP", "")),
         QUEUE_NAME=env.get("QUEUE_NAME", "seatsync"),
     )
     return settings

@@ -1,7 +1,7 @@
 import re
 
-from webapp.extensions import db
 from webapp.cli import create_user
+from webapp.extensions import db
 from webapp.models import ApiToken, User
 
 
