@@ -30,7 +30,9 @@ def create_app(overrides: dict | None = None, environ: dict | None = None) -> Fl
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from . import models  # noqa: F401  (register the tables with SQLAlchemy and migrations)
+    from .inputs import init_inputs
 
+    init_inputs(app)  # first: its body limit must apply before CSRF and the limiter read the form
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
     csrf.init_app(app)

@@ -99,6 +99,8 @@ def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> 
         REMEMBER_COOKIE_SAMESITE="Lax",
         REMEMBER_COOKIE_DURATION=dt.timedelta(days=int(env.get("REMEMBER_ME_DAYS") or 14)),
         PERMANENT_SESSION_LIFETIME=int(env.get("SESSION_LIFETIME_SECONDS", 8 * 3600)),
+        # Bodies beyond this are refused with 413 (forms and the JSON API; CSV uploads have their own).
+        MAX_CONTENT_LENGTH=int(env.get("REQUEST_MAX_BYTES") or 2 * 1024 * 1024),
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
         LOGIN_RATE_LIMIT=env.get("LOGIN_RATE_LIMIT", "5 per minute;20 per hour"),
         LOGIN_ACCOUNT_RATE_LIMIT=env.get("LOGIN_ACCOUNT_RATE_LIMIT", "10 per minute;30 per hour"),

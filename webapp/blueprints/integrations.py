@@ -28,6 +28,7 @@ from sqlalchemy import and_, func, or_
 from .. import audit
 from ..connections import client_for, credential_view, get_integration, merge_credentials, save_credentials
 from ..extensions import db, htmx
+from ..inputs import db_int, page_number
 from ..models import Company, CompanyMapping, Integration, LineResult, Product, ProductMapping, SyncRun
 from ..models._types import utcnow
 from ..psa_clients import PSA_KINDS, PsaError, ValidationFailed, client_class
@@ -579,7 +580,7 @@ def companies(kind: str):
     search = (request.args.get("q") or "").strip()
     flt = request.args.get("filter", "")
     flt = flt if flt in FILTERS else ""
-    page = company_page(integration, search, flt, request.args.get("page", 1, type=int))
+    page = company_page(integration, search, flt, request.args.get("page", 1, type=page_number))
     context = _context(integration, page=page, search=search, flt=flt, filters=FILTERS,
                        blocker=sync_blocker(integration), run=latest_run(integration))
     if htmx and htmx.target == "company-table":
@@ -830,7 +831,7 @@ def confirm_suggestions(kind: str):
     integration = get_integration(kind)
     words = WORDS[kind]
     saved, skipped = 0, 0
-    for company_id in request.form.getlist("company", type=int):
+    for company_id in request.form.getlist("company", type=db_int):
         company = db.session.get(Company, company_id)
         psa_company_id, psa_company_name = _split_choice(request.form.get(f"psa_company-{company_id}", ""))
         agreement_id, _, agreement_name = (request.form.get(f"agreement-{company_id}") or "").partition(":")

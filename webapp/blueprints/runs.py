@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from .. import audit
 from ..extensions import db, htmx
+from ..inputs import db_int, page_number
 from ..models import Company, CompanyMapping, LineResult, Product, SyncRun
 from ..queue import enqueue
 
@@ -34,7 +35,7 @@ def _run_or_404(run_id: int) -> SyncRun:
 
 @bp.get("/")
 def index():
-    page = max(1, request.args.get("page", 1, type=int))
+    page = request.args.get("page", 1, type=page_number)
     query = select(SyncRun).order_by(SyncRun.created_at.desc(), SyncRun.id.desc())
     runs = db.session.scalars(query.offset((page - 1) * PER_PAGE).limit(PER_PAGE + 1)).all()
     return render_template("runs/index.html", runs=runs[:PER_PAGE], page=page, has_next=len(runs) > PER_PAGE)
@@ -63,7 +64,7 @@ def detail(run_id: int):
     run = _run_or_404(run_id)
     if htmx and request.args.get("part") == "progress":
         return render_template("runs/_progress.html", run=run)
-    company = request.args.get("company", type=int)
+    company = request.args.get("company", type=db_int)
     companies = _companies(run)
     if company:
         companies = [c for c in companies if c["mapping_id"] == company]

@@ -22,9 +22,11 @@ from sqlalchemy import func, or_, select
 
 from .. import audit, counts, seats_import
 from ..extensions import db, htmx
+from ..inputs import accepts_upload, page_number
 from ..models import Company, CountOverride, MonthlyCount, Product, Seat
 from ..models.seats import COUNT_RULES
 from ..security import admin_only
+from .errors import render_error
 
 bp = Blueprint("seats", __name__, cli_group=None)
 
@@ -40,7 +42,7 @@ RULE_LABELS = {"active_during_month": "Active at any time in the month",
 
 def _page_number() -> int:
     try:
-        return max(1, int(request.args.get("page", 1)))
+        return page_number(request.args.get("page", "1"))
     except ValueError:
         return 1
 
@@ -478,15 +480,24 @@ def import_form():
     return render_template("seats/import.html", columns=seats_import.COLUMNS, max_mb=seats_import.MAX_BYTES >> 20)
 
 
+def _upload_limit() -> int:
+    return seats_import.MAX_BYTES + 64 * 1024
+
+
+@bp.errorhandler(413)
+def upload_too_large(exc):
+    # An oversized body is refused before it is read (webapp/inputs.py); say so on the import page.
+    if request.endpoint != "seats.upload":
+        return render_error(413)
+    size = seats_import.human_size(request.content_length or 0)
+    flash(f"The file is {size}; the limit is 50 MB. Split it into smaller files.", "error")
+    return render_template("seats/import.html", columns=seats_import.COLUMNS, max_mb=50), 413
+
+
 @bp.post("/seats/import")
+@accepts_upload(_upload_limit)
 def upload():
-    # Refuse oversized bodies before reading them (Werkzeug stops at the per-request limit).
-    limit = seats_import.MAX_BYTES + 64 * 1024
-    if request.content_length and request.content_length > limit:
-        flash(f"The file is {seats_import.human_size(request.content_length)}; the limit is 50 MB. "
-              "Split it into smaller files.", "error")
-        return render_template("seats/import.html", columns=seats_import.COLUMNS, max_mb=50), 413
-    request.max_content_length = limit
+    limit = _upload_limit()
     upload = request.files.get("file")
     if upload is None or not upload.filename:
         flash("Choose a CSV file to upload.", "error")
