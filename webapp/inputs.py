@@ -1,6 +1,6 @@
 """Malformed input gets a clear 4xx, never a 500: the guards every request passes.
 
-- Whole numbers from URLs, queries and forms fit the database's 64-bit integers (`<int:…>` routes
+- Whole numbers from URLs, queries and forms fit the database's integer columns (`<int:…>` routes
   answer 404 beyond; `db_int` and `page_number` refuse them as bad values).
 - Text that no database column can store — NUL characters, unpaired UTF-16 surrogates — is refused
   with 400 before any view sees it, in the query, the form and JSON bodies alike.
@@ -17,7 +17,7 @@ from flask import Flask, abort, current_app, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.routing import IntegerConverter
 
-DB_INT_MAX = 2**63 - 1
+DB_INT_MAX = 2**31 - 1  # ids are INTEGER columns (32-bit on PostgreSQL)
 MAX_PAGE = 1_000_000  # far past any real list; keeps OFFSET within range
 UNSTORABLE_TEXT = ("The request contains a NUL character or invalid Unicode (an unpaired surrogate), "
                    "which SeatSync cannot store.")
@@ -31,7 +31,7 @@ class DbIntConverter(IntegerConverter):
 
 
 def db_int(value: str) -> int:
-    """A non-negative 64-bit whole number written in ASCII digits; ValueError otherwise (for `type=`)."""
+    """A non-negative whole number in ASCII digits that an id column can hold; ValueError otherwise (for `type=`)."""
     if not value.isascii() or not value.isdigit() or int(value) > DB_INT_MAX:
         raise ValueError(f"not a whole number up to {DB_INT_MAX}")
     return int(value)

@@ -9,7 +9,8 @@ import pytest
 from webapp.extensions import db
 from webapp.models import ApiToken, AuditEvent, Company, Product, Seat
 
-HUGE = "9" * 30  # far past a 64-bit integer
+HUGE = "9" * 30  # far past any integer column
+JUST_PAST = str(2**31)  # one past PostgreSQL's INTEGER, the id columns' type
 
 
 @pytest.fixture
@@ -33,14 +34,16 @@ def seat(app):
     return row
 
 
-@pytest.mark.parametrize("path", [f"/api/v1/companies/{HUGE}", f"/api/v1/seats/{HUGE}/deactivate"])
+@pytest.mark.parametrize("path", [f"/api/v1/companies/{HUGE}", f"/api/v1/companies/{JUST_PAST}",
+                                  f"/api/v1/seats/{HUGE}/deactivate"])
 def test_api_ids_beyond_64_bits_are_not_found(client, api, path):
     method = client.post if path.endswith("deactivate") else client.get
     response = method(path, headers=api, json={})
     assert response.status_code == 404 and response.json["error"] == "not_found"
 
 
-@pytest.mark.parametrize("query", [f"page={HUGE}", f"per_page={HUGE}", f"company_id={HUGE}", "company_id=%C2%B2"])
+@pytest.mark.parametrize("query", [f"page={HUGE}", f"per_page={HUGE}", f"company_id={HUGE}", f"company_id={JUST_PAST}",
+                                   "company_id=%C2%B2"])
 def test_api_numbers_beyond_64_bits_in_the_query_are_a_validation_error(client, api, query):
     path = "/api/v1/seats" if "company_id" in query else "/api/v1/companies"
     response = client.get(f"{path}?{query}", headers=api)
