@@ -37,6 +37,14 @@ def db_int(value: str) -> int:
     return int(value)
 
 
+def db_int_or_none(value: str | None) -> int | None:
+    """`db_int` for a form field, None when it is empty or no such number."""
+    try:
+        return db_int(value or "")
+    except ValueError:
+        return None
+
+
 def page_number(value: str) -> int:
     """A page number from 1 to MAX_PAGE; ValueError otherwise (for `request.args.get(..., type=)`)."""
     page = db_int(value.strip())

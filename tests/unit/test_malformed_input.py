@@ -129,3 +129,18 @@ def test_a_form_larger_than_the_limit_is_refused_with_413(client, login_as):
     login_as("billing")
     response = client.post("/companies", data={"name": "x" * (3 * 1024 * 1024)})
     assert response.status_code == 413
+
+
+@pytest.mark.parametrize("path,form", [
+    ("seats", {"product_id": HUGE, "user_email": "a@acme.example", "active_from": "2026-01-01"}),
+    ("seats", {"product_id": "²", "user_email": "a@acme.example", "active_from": "2026-01-01"}),
+    ("overrides", {"product_id": HUGE, "month": "2026-01", "count": "1", "note": "n"}),
+    ("overrides", {"product_id": "PRODUCT", "month": "2026-01", "count": HUGE, "note": "n"}),
+    ("overrides", {"product_id": "PRODUCT", "month": "2026-01", "count": "²", "note": "n"}),
+])
+def test_numbers_a_form_cannot_hold_are_refused_with_a_message(client, login_as, seat, path, form):
+    login_as("billing")
+    form = {k: str(seat.product_id) if v == "PRODUCT" else v for k, v in form.items()}
+    response = client.post(f"/companies/{seat.company_id}/{path}", data=form)
+    assert response.status_code == 422
+    assert "pick a product" in response.text or "a whole number" in response.text

@@ -83,7 +83,7 @@ def review(run_id: int):
         abort(400)
     query = select(LineResult).where(LineResult.run_id == run.id, LineResult.action == "planned")
     if request.values.get("scope") != "all":
-        ids = [int(i) for i in request.form.getlist("line") if i.isdigit()]
+        ids = request.form.getlist("line", type=db_int)
         query = query.where(LineResult.id.in_(ids))
     lines = db.session.scalars(query).all()
     if not lines:

@@ -22,7 +22,7 @@ from sqlalchemy import func, or_, select
 
 from .. import audit, counts, seats_import
 from ..extensions import db, htmx
-from ..inputs import accepts_upload, page_number
+from ..inputs import accepts_upload, db_int_or_none, page_number
 from ..models import Company, CountOverride, MonthlyCount, Product, Seat
 from ..models.seats import COUNT_RULES
 from ..security import admin_only
@@ -53,6 +53,11 @@ def _paginate(query, page: int, size: int):
     page = min(page, pages)
     items = db.session.execute(query.limit(size).offset((page - 1) * size)).all()
     return {"items": items, "page": page, "pages": pages, "total": total}
+
+
+def _product(product_id: str) -> Product | None:
+    number = db_int_or_none(product_id)
+    return db.session.get(Product, number) if number is not None else None
 
 
 def _company(company_id: int) -> Company:
@@ -233,7 +238,7 @@ def set_company_active(company_id: int):
 
 def _seat_values(company: Company) -> dict:
     form = _form("product_id", "user_email", "active_from", "active_to")
-    product = db.session.get(Product, int(form["product_id"])) if form["product_id"].isdigit() else None
+    product = _product(form["product_id"])
     if product is None:
         raise ValueError("Product: pick a product.")
     try:
@@ -293,7 +298,8 @@ def end_seat(seat_id: int):
 def save_override(company_id: int):
     company = _company(company_id)
     form = _form("product_id", "month", "count", "note")
-    product = db.session.get(Product, int(form["product_id"])) if form["product_id"].isdigit() else None
+    product = _product(form["product_id"])
+    count = db_int_or_none(form["count"])
     problems = []
     if product is None:
         problems.append("Product: pick a product.")
@@ -302,7 +308,7 @@ def save_override(company_id: int):
                                                          else form["month"]))
     except ValueError:
         problems.append("Month: use YYYY-MM.")
-    if not form["count"].isdigit():
+    if count is None:
         problems.append("Count: a whole number, 0 or more.")
     if not form["note"]:
         problems.append("Note: say why the count is overridden (it goes to the audit log).")
@@ -316,7 +322,7 @@ def save_override(company_id: int):
     if override is None:
         override = CountOverride(company_id=company.id, product_id=product.id, month=month, count=0, note="")
         db.session.add(override)
-    override.count, override.note = int(form["count"]), form["note"][:2000]
+    override.count, override.note = count, form["note"][:2000]
     override.created_by_id = current_user.id
     computed = counts.compute_counts(month, company_ids=[company.id], product_ids=[product.id]).get(
         (company.id, product.id), 0)
