@@ -6,6 +6,7 @@ import logging
 import os
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .extensions import csrf, db, htmx, limiter, login_manager, migrate
 from .settings import load_settings
@@ -21,10 +22,17 @@ def create_app(overrides: dict | None = None, environ: dict | None = None) -> Fl
     app.config.update(load_settings(app.instance_path, environ))
     if overrides:
         app.config.update(overrides)
+    hops = app.config.get("TRUSTED_PROXIES", 0)
+    if hops:
+        # The client address (sign-in limits, session binding) and scheme come from the proxies'
+        # headers only when that many proxies are configured; without, a client could forge them.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_port=hops)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from . import models  # noqa: F401  (register the tables with SQLAlchemy and migrations)
+    from .inputs import init_inputs
 
+    init_inputs(app)  # first: its body limit must apply before CSRF and the limiter read the form
     db.init_app(app)
     migrate.init_app(app, db, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
     csrf.init_app(app)

@@ -13,7 +13,7 @@ from flask import current_app
 from .crypto import cipher, decrypt_json, encrypt_json
 from .extensions import db
 from .models import Integration, Organisation
-from .psa_clients import PSA_KINDS, PsaClient, client_class, make_client
+from .psa_clients import PSA_KINDS, PsaClient, ValidationFailed, client_class, make_client
 from .psa_clients.http import parse_dev_hosts
 from .queue import get_redis
 
@@ -52,18 +52,29 @@ def client_for(integration: Integration, credentials: dict[str, str] | None = No
 
 
 def merge_credentials(integration: Integration, submitted: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """The credentials a form submission means: an empty secret field keeps the saved secret.
+    """The credentials a form submission means: an empty secret field keeps the saved secret — but
+    only for the host it was saved for: with a new host, every saved secret must be typed again.
 
     Returns (normalised values, notices for the admin). Raises the client's ValidationFailed for
-    unusable input (e.g. an http:// site).
+    unusable input (e.g. an http:// site, a new host without its secrets).
     """
     cls = client_class(integration.kind)
     saved = decrypt_json(integration.credentials_encrypted)
-    values = {}
-    for field in cls.credential_fields:
-        typed = (submitted.get(field.name) or "").strip()
-        values[field.name] = saved.get(field.name, "") if (field.secret and not typed) else typed
-    return cls.normalize_credentials(values)
+    typed = {field.name: (submitted.get(field.name) or "").strip() for field in cls.credential_fields}
+    values, notices = cls.normalize_credentials(typed)
+    kept = [field for field in cls.credential_fields if field.secret and not values.get(field.name)
+            and saved.get(field.name)]
+    moved = [field for field in cls.credential_fields if field.host and saved.get(field.name)
+             and values.get(field.name) != saved[field.name]]
+    if kept and moved:
+        raise ValidationFailed(
+            f"The {moved[0].label} changed from {saved[moved[0].name]} to {values.get(moved[0].name) or '(empty)'}: "
+            f"enter the {' and '.join(field.label for field in kept)} again.",
+            hint="Saved secrets are only ever sent to the host they were saved for.",
+        )
+    for field in kept:
+        values[field.name] = saved[field.name]
+    return values, notices
 
 
 def save_credentials(integration: Integration, values: dict[str, str]) -> list[str]:

@@ -8,9 +8,11 @@ token-authenticated API) or lower the bar for writes with `any_signed_in_user` (
 
 from __future__ import annotations
 
+import hashlib
 from functools import wraps
+from urllib.parse import urlsplit
 
-from flask import abort, current_app, redirect, request, url_for
+from flask import abort, current_app, g, redirect, request, url_for
 from flask_login import current_user
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -76,7 +78,39 @@ def enforce_access():
     return None
 
 
+def safe_next(target: str | None, fallback: str) -> str:
+    """`target` when it is a path on this site, else `fallback`: the one check for every `next`.
+
+    Browsers read a backslash as a slash and drop tabs and newlines, so a path like "/<backslash>evil.example"
+    or "/<tab>/evil.example" leads off-site although it starts with one slash: refuse both.
+    """
+    if not target or any(ch == "\\" or ord(ch) < 32 or ord(ch) == 127 for ch in target):
+        return fallback
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return fallback
+    return target
+
+
+def session_identifier() -> str:
+    """What Flask-Login's "strong" protection binds a session to: the client address as the proxy
+    setting (TRUSTED_PROXIES) resolved it and the browser. Flask-Login's own reads X-Forwarded-For,
+    which any client can send."""
+    agent = request.headers.get("User-Agent", "")
+    return hashlib.sha512(f"{request.remote_addr}|{agent}".encode()).hexdigest()
+
+
+def _is_authenticated_response() -> bool:
+    if request.endpoint == "static":
+        return False
+    return bool(g.get("api_token")) or current_user.is_authenticated
+
+
 def security_headers(response):
+    # Pages of a signed-in user (a new API token, a reset password shown once) must not be kept by
+    # the browser or a proxy, where the next person at the machine could read them.
+    if _is_authenticated_response():
+        response.headers["Cache-Control"] = "no-store"
     response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")

@@ -8,6 +8,7 @@ to start and names the missing variable.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets
 from pathlib import Path
@@ -47,6 +48,19 @@ def _database_url(url: str) -> str:
     return url
 
 
+def _role_map(value: str) -> dict[str, str]:
+    """OIDC_ROLE_MAP "SeatSync.Admin=admin,SeatSync.Billing=billing": provider app role → SeatSync role."""
+    from .models.users import ROLES
+
+    role_map = {}
+    for pair in filter(None, (p.strip() for p in value.split(","))):
+        app_role, _, role = (part.strip() for part in pair.partition("="))
+        if not app_role or role not in ROLES:
+            raise ConfigurationError(f"OIDC_ROLE_MAP: “{pair}” must read AppRole=role, role one of {', '.join(ROLES)}.")
+        role_map[app_role] = role
+    return role_map
+
+
 def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> dict:
     env = dict(os.environ if environ is None else environ)
     instance = Path(instance_path)
@@ -82,9 +96,16 @@ def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> 
         SESSION_COOKIE_SAMESITE="Lax",
         REMEMBER_COOKIE_SECURE=_bool(env.get("SESSION_COOKIE_SECURE"), default=production),
         REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_DURATION=dt.timedelta(days=int(env.get("REMEMBER_ME_DAYS") or 14)),
         PERMANENT_SESSION_LIFETIME=int(env.get("SESSION_LIFETIME_SECONDS", 8 * 3600)),
+        # Bodies beyond this are refused with 413 (forms and the JSON API; CSV uploads have their own).
+        MAX_CONTENT_LENGTH=int(env.get("REQUEST_MAX_BYTES") or 2 * 1024 * 1024),
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
         LOGIN_RATE_LIMIT=env.get("LOGIN_RATE_LIMIT", "5 per minute;20 per hour"),
+        LOGIN_ACCOUNT_RATE_LIMIT=env.get("LOGIN_ACCOUNT_RATE_LIMIT", "10 per minute;30 per hour"),
+        # Proxies in front of SeatSync whose X-Forwarded-For/-Proto/-Port are believed (1 on Heroku).
+        TRUSTED_PROXIES=int(env.get("TRUSTED_PROXIES") or 0),
         RATELIMIT_STORAGE_URI=env.get("REDIS_URL") or "memory://",
         RATELIMIT_HEADERS_ENABLED=True,
         PSA_DEV_HOSTS=env.get("PSA_DEV_HOSTS", ""),
@@ -104,6 +125,7 @@ def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> 
         OIDC_CLIENT_SECRET=env.get("OIDC_CLIENT_SECRET") or None,
         OIDC_ALLOWED_DOMAINS=[d.strip().lower() for d in env.get("OIDC_ALLOWED_DOMAINS", "").split(",") if d.strip()],
         OIDC_DEFAULT_ROLE=env.get("OIDC_DEFAULT_ROLE", "viewer"),
+        OIDC_ROLE_MAP=_role_map(env.get("OIDC_ROLE_MAP", "")),
         QUEUE_NAME=env.get("QUEUE_NAME", "seatsync"),
     )
     return settings

@@ -1,7 +1,7 @@
 """sync engine: the run a company is held by, a run's stop flag, line verification
 
 Revision ID: c8d2e4f6a1b3
-Revises: b7c1e2d3f4a5
+Revises: c3d9e8f1a2b4
 Create Date: 2026-11-30 18:40:00.000000
 
 """
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = 'c8d2e4f6a1b3'
-down_revision = 'b7c1e2d3f4a5'
+down_revision = 'c3d9e8f1a2b4'
 branch_labels = None
 depends_on = None
 

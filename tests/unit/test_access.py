@@ -2,6 +2,7 @@
 
 import pytest
 from werkzeug.routing import Rule
+from werkzeug.routing.converters import NumberConverter
 
 from webapp.security import SAFE_METHODS
 
@@ -10,7 +11,7 @@ def _url_for_rule(rule: Rule) -> str:
     values = {}
     for name in rule.arguments:
         converter = rule._converters[name]
-        values[name] = 1 if type(converter).__name__ in {"IntegerConverter", "FloatConverter"} else "x"
+        values[name] = 1 if isinstance(converter, NumberConverter) else "x"
     return rule.build(values, append_unknown=False)[1]
 
 

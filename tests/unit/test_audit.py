@@ -5,6 +5,8 @@ import datetime as dt
 import io
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from webapp.audit import record
 from webapp.blueprints.audit import AuditRowsAreImmutable
@@ -114,4 +116,16 @@ def test_audit_rows_cannot_be_edited_or_deleted(app, client, login_as):
     with pytest.raises(AuditRowsAreImmutable):
         db.session.commit()
     db.session.rollback()
+    assert db.session.get(AuditEvent, event.id).summary == ""
+
+
+def test_the_database_itself_refuses_to_change_or_delete_audit_rows(app):
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("the trigger is PostgreSQL's; SQLite (embedded mode) keeps the ORM guard only")
+    event = add()
+    # Plain SQL, as anyone holding the application's database role could send, past the ORM guard.
+    for statement in ("UPDATE audit_events SET summary = 'rewritten history'", "DELETE FROM audit_events"):
+        with pytest.raises(DBAPIError, match="audit_events rows are immutable"):
+            db.session.execute(text(statement))
+        db.session.rollback()
     assert db.session.get(AuditEvent, event.id).summary == ""

@@ -1,7 +1,8 @@
 import re
 
+from webapp.cli import create_user
 from webapp.extensions import db
-from webapp.models import User
+from webapp.models import ApiToken, User
 
 
 def test_a_form_post_without_csrf_token_is_refused_and_changes_nothing(client, login_as):
@@ -68,3 +69,27 @@ def test_assets_are_served_by_the_app_itself(client, login_as):
     for path in re.findall(r'(?:src|href)="(/static/[^"]+)"', page):
         assert client.get(path).status_code == 200, path
     assert "https://" not in "".join(re.findall(r'<(?:script|link)\b[^>]*>', page))
+
+
+def test_pages_showing_a_new_api_token_or_a_reset_password_are_never_cached(client, login_as):
+    login_as("admin")
+    colleague, _ = create_user("colleague@msp.example", "viewer", "a-long-enough-password")
+    db.session.commit()
+    token_page = client.post("/settings/tokens", data={"name": "vendor", "scope": "read"})
+    reset_page = client.post(f"/users/{colleague.id}/reset-password")
+    assert token_page.status_code == reset_page.status_code == 200
+    for response in (token_page, reset_page, client.get("/"), client.get("/settings"), client.get("/users")):
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_api_answers_are_never_cached(client):
+    row, secret = ApiToken.issue("vendor", "read", None)
+    db.session.add(row)
+    db.session.commit()
+    response = client.get("/api/v1/companies", headers={"Authorization": f"Bearer {secret}"})
+    assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
+
+
+def test_static_assets_stay_cacheable(client, login_as):
+    login_as("viewer")
+    assert client.get("/static/app.css").headers.get("Cache-Control") != "no-store"

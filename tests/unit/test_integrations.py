@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from tests.fixtures.integrations import HX, KINDS, SECRET_FIELD, company, connect, sim_credentials
+from tests.fixtures.integrations import HOST_FIELD, HX, KINDS, SECRET_FIELD, company, connect, sim_credentials
 from webapp.blueprints.integrations import company_page, next_run
 from webapp.connections import get_integration
 from webapp.extensions import db
@@ -20,6 +20,8 @@ from webapp.models import (
     ProductMapping,
     SyncRun,
 )
+
+SECRET_LABEL = {"connectwise": "Private Key", "kaseya_bms": "Password"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,6 +80,28 @@ def test_an_empty_secret_field_keeps_the_saved_secret(psa_app, psa_sim, client, 
     again = client.post("/integrations/kaseya_bms/credentials", data=form | {"password": ""}, headers=HX)
     assert "banner-success" in again.text, again.text
     assert db.session.scalars(db.select(AuditEvent).filter_by(kind="integration.credentials")).all().__len__() == 1
+
+
+@pytest.mark.parametrize("kind", ["connectwise", "kaseya_bms"])
+def test_a_new_host_without_its_secrets_is_refused_and_the_saved_secrets_go_nowhere(kind, psa_app, psa_sim, client,
+                                                                                     login_as):
+    login_as("admin")
+    other_host = psa_sim.host.replace("127.0.0.1", "localhost")  # the same simulator under another host name
+    psa_app.config["PSA_DEV_HOSTS"] = f"{psa_sim.host},{other_host}"
+    form = sim_credentials(kind, psa_sim)
+    assert "banner-success" in client.post(f"/integrations/{kind}/credentials", data=form, headers=HX).text
+    saved = get_integration(kind).credentials_encrypted
+    psa_sim.clear_log()
+    secrets = {field: "" for field in ("private_key", "client_id", "password")}
+    moved = client.post(f"/integrations/{kind}/credentials", data=form | {HOST_FIELD[kind]: other_host} | secrets,
+                        headers=HX)
+    assert "changed from" in moved.text and f"enter the {SECRET_LABEL[kind]} again" in moved.text
+    assert "only ever sent to the host they were saved for" in moved.text
+    assert psa_sim.requests() == []  # nothing, let alone a saved secret, reached the new host
+    assert get_integration(kind).credentials_encrypted == saved
+    retyped = client.post(f"/integrations/{kind}/credentials", data=form | {HOST_FIELD[kind]: other_host},
+                          headers=HX)
+    assert "banner-success" in retyped.text, retyped.text
 
 
 def test_a_pasted_connectwise_address_is_shortened_to_the_host_and_the_admin_is_told(psa_app, psa_sim, client,

@@ -10,6 +10,7 @@ from tests.fixtures.oidc_provider import CLIENT_SECRET, OidcProvider
 from webapp.cli import create_user
 from webapp.extensions import db
 from webapp.models import AuditEvent, Organisation, User
+from webapp.settings import ConfigurationError, load_settings
 
 
 def start(client, next_url=None) -> str:
@@ -177,3 +178,78 @@ def test_local_accounts_keep_working_when_sso_is_configured(app, client, sso):
     db.session.commit()
     assert client.post("/login", data={"email": "local@msp.example", "password": PASSWORD}).status_code == 302
     assert signed_in(client)
+
+
+# --- linking only with proof, app roles (issue 11 §2) -------------------------------------------------
+
+
+def test_a_token_without_email_verified_cannot_take_over_an_admins_account(app, client, sso):
+    admin, _ = create_user("boss@msp.example", "admin", PASSWORD)
+    db.session.commit()
+    sso.id_token_overrides = {"sub": "attacker-subject", "email_verified": None}  # as Entra ID sends by default
+    page = sign_in(client, sso, "boss@msp.example")
+    assert "did not confirm that this e-mail address is verified" in page.text
+    assert not signed_in(client)
+    db.session.refresh(admin)
+    assert admin.oidc_subject is None
+
+
+def test_an_account_linked_to_one_identity_is_never_relinked_to_another(app, client, sso):
+    admin, _ = create_user("boss@msp.example", "admin", PASSWORD)
+    admin.oidc_subject = "the-real-boss"
+    db.session.commit()
+    sso.id_token_overrides = {"sub": "someone-else", "email_verified": True}
+    page = sign_in(client, sso, "boss@msp.example")
+    assert "linked to a different single sign-on identity" in page.text
+    assert not signed_in(client)
+    db.session.refresh(admin)
+    assert admin.oidc_subject == "the-real-boss"
+
+
+def test_a_linked_user_signs_in_by_subject_without_email_verified(app, client, sso):
+    user, _ = create_user("ana@msp.example", "billing", PASSWORD)
+    user.oidc_subject = "ana-subject"
+    db.session.commit()
+    sso.id_token_overrides = {"sub": "ana-subject", "email_verified": None}
+    assert "ana@msp.example · billing" in sign_in(client, sso, "ana@msp.example").text
+
+
+def test_a_new_colleague_without_email_verified_is_still_created_in_an_allowed_domain(app, client, sso):
+    sso.id_token_overrides = {"email_verified": None}
+    assert "newbie@msp.example · viewer" in sign_in(client, sso, "newbie@msp.example").text
+
+
+ROLE_MAP = {"SeatSync.Admin": "admin", "SeatSync.Billing": "billing", "SeatSync.Viewer": "viewer"}
+
+
+def test_entra_app_roles_set_the_role_of_a_new_user(app, client, sso):
+    app.config["OIDC_ROLE_MAP"] = ROLE_MAP
+    sso.id_token_overrides = {"roles": ["SeatSync.Viewer", "SeatSync.Billing", "Unrelated.Role"]}
+    assert "biller@msp.example · billing" in sign_in(client, sso, "biller@msp.example").text
+
+
+def test_entra_app_roles_change_an_existing_users_role_with_an_audit_entry(app, client, sso):
+    app.config["OIDC_ROLE_MAP"] = ROLE_MAP
+    user, _ = create_user("ana@msp.example", "admin", PASSWORD)
+    user.oidc_subject = sso.subject_for("ana@msp.example")
+    db.session.commit()
+    sso.id_token_overrides = {"roles": ["SeatSync.Viewer"]}
+    assert "ana@msp.example · viewer" in sign_in(client, sso, "ana@msp.example").text
+    event = db.session.scalar(db.select(AuditEvent).filter_by(kind="user.role_changed"))
+    assert (event.before, event.after) == ({"role": "admin"}, {"role": "viewer"})
+
+
+def test_without_a_mapped_app_role_sso_sign_in_is_refused(app, client, sso):
+    app.config["OIDC_ROLE_MAP"] = ROLE_MAP
+    sso.id_token_overrides = {"roles": ["Other.App"]}
+    page = sign_in(client, sso, "someone@msp.example")
+    assert "You have no SeatSync role" in page.text
+    assert not signed_in(client)
+    assert db.session.scalar(db.select(db.func.count(User.id))) == 0
+
+
+def test_the_role_map_setting_is_read_and_checked(tmp_path):
+    settings = load_settings(str(tmp_path), {"OIDC_ROLE_MAP": "SeatSync.Admin=admin, SeatSync.Billing = billing"})
+    assert settings["OIDC_ROLE_MAP"] == {"SeatSync.Admin": "admin", "SeatSync.Billing": "billing"}
+    with pytest.raises(ConfigurationError, match="OIDC_ROLE_MAP"):
+        load_settings(str(tmp_path), {"OIDC_ROLE_MAP": "SeatSync.Admin=superuser"})

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import audit, counts, seats_import
 from ..extensions import csrf, db
+from ..inputs import MAX_PAGE, db_int, page_number
 from ..models import ApiToken, Company, CountOverride, MonthlyCount, Product, Seat
 from ..models.seats import COUNT_RULES
 from ..security import public
@@ -100,14 +101,12 @@ def _object_body(what: str) -> dict:
 def _page_args() -> tuple[int, int]:
     fields = {}
     try:
-        page = int(request.args.get("page", 1))
-        if page < 1:
-            raise ValueError
+        page = page_number(request.args.get("page", "1"))
     except ValueError:
-        fields["page"] = "a whole number from 1"
+        fields["page"] = f"a whole number from 1 to {MAX_PAGE}"
         page = 1
     try:
-        per_page = int(request.args.get("per_page", DEFAULT_PER_PAGE))
+        per_page = db_int(request.args.get("per_page", str(DEFAULT_PER_PAGE)))
         if not 1 <= per_page <= MAX_PER_PAGE:
             raise ValueError
     except ValueError:
@@ -139,9 +138,10 @@ def _int_arg(name: str) -> int | None:
     value = request.args.get(name)
     if value is None or value == "":
         return None
-    if not value.isdigit():
-        raise ApiError(422, "validation_failed", "Bad query parameters.", {name: "a whole number"})
-    return int(value)
+    try:
+        return db_int(value)
+    except ValueError:
+        raise ApiError(422, "validation_failed", "Bad query parameters.", {name: "a whole number"}) from None
 
 
 def _when(value: dt.datetime | None) -> str | None:

@@ -16,6 +16,7 @@ from flask import Blueprint, Response, render_template, request, stream_with_con
 from sqlalchemy import event
 
 from ..extensions import db, htmx
+from ..inputs import page_number
 from ..models import AuditEvent
 from ..templating import org_zone
 
@@ -84,7 +85,7 @@ class Filters:
         filters = cls(actor=(args.get("actor") or "").strip(), kind=(args.get("kind") or "").strip(),
                       date_from=day("from", "From"), date_to=day("to", "To"))
         try:
-            filters.page = max(1, int(args.get("page", 1)))
+            filters.page = page_number(args.get("page", "1"))
         except ValueError:
             filters.page = 1
         filters.errors = tuple(errors)

@@ -28,11 +28,12 @@ from sqlalchemy import and_, func, or_
 from .. import audit
 from ..connections import client_for, credential_view, get_integration, merge_credentials, save_credentials
 from ..extensions import db, htmx
+from ..inputs import db_int, page_number
 from ..models import Company, CompanyMapping, Integration, LineResult, Product, ProductMapping, SyncRun
 from ..models._types import utcnow
 from ..psa_clients import PSA_KINDS, PsaError, ValidationFailed, client_class
 from ..queue import get_redis
-from ..security import admin_only
+from ..security import admin_only, safe_next
 from ..sync import ACTIVE_RUN, BUSY, CompanyStatus, SyncUnavailable, mapping_edited, shown_status, unavailable_reason
 from ..sync import start_sync as engine_start_sync
 from ..sync.schedule import next_slot
@@ -319,7 +320,7 @@ def render_row(integration: Integration, company: Company, mapping: CompanyMappi
 
 
 def back_to_companies(integration: Integration):
-    return redirect(request.form.get("next") or url_for(f"{integration.kind}.companies"))
+    return redirect(safe_next(request.form.get("next"), url_for(f"{integration.kind}.companies")))
 
 
 def _company_or_404(company_id: int) -> Company:
@@ -550,7 +551,7 @@ def sync_now(kind: str):
     run, reason = start_sync(integration, "sync_now")
     if not htmx:
         flash(reason or "Sync started.", "error" if reason else "success")
-        return redirect(request.form.get("next") or url_for(f"{kind}.page"))
+        return redirect(safe_next(request.form.get("next"), url_for(f"{kind}.page")))
     response = make_response(render_template("integrations/_progress.html", **_context(
         integration, run=run or latest_run(integration), blocker=sync_blocker(integration), sync_error=reason)))
     if run is not None:
@@ -577,7 +578,7 @@ def companies(kind: str):
     search = (request.args.get("q") or "").strip()
     flt = request.args.get("filter", "")
     flt = flt if flt in FILTERS else ""
-    page = company_page(integration, search, flt, request.args.get("page", 1, type=int))
+    page = company_page(integration, search, flt, request.args.get("page", 1, type=page_number))
     context = _context(integration, page=page, search=search, flt=flt, filters=FILTERS,
                        blocker=sync_blocker(integration), run=latest_run(integration))
     if htmx and htmx.target == "company-table":
@@ -827,7 +828,7 @@ def confirm_suggestions(kind: str):
     integration = get_integration(kind)
     words = WORDS[kind]
     saved, skipped = 0, 0
-    for company_id in request.form.getlist("company", type=int):
+    for company_id in request.form.getlist("company", type=db_int):
         company = db.session.get(Company, company_id)
         psa_company_id, psa_company_name = _split_choice(request.form.get(f"psa_company-{company_id}", ""))
         agreement_id, _, agreement_name = (request.form.get(f"agreement-{company_id}") or "").partition(":")

@@ -5,10 +5,12 @@ OIDC_ALLOWED_DOMAINS, OIDC_DEFAULT_ROLE). Authorization code flow with PKCE (S25
 `nonce`, done by authlib's Flask client; the ID token's signature, issuer, audience, expiry and nonce
 are all checked before anyone is signed in.
 
-Who may sign in: a user already known by the provider's subject, else by e-mail (the subject is then
-linked); a new user is created with OIDC_DEFAULT_ROLE only when OIDC_ALLOWED_DOMAINS names their
-domain — with no domain list, SSO signs in existing users only, so a public provider (Google) never
-lets a stranger in.
+Who may sign in: a user already known by the provider's subject; else an existing account with the
+same e-mail, only when the provider says the address is verified (`email_verified: true`) and the
+account is not linked to another subject (the subject is then linked); a new user is created with
+OIDC_DEFAULT_ROLE only when OIDC_ALLOWED_DOMAINS names their domain — with no domain list, SSO signs
+in existing users only, so a public provider (Google) never lets a stranger in. With OIDC_ROLE_MAP
+(Entra ID app roles → SeatSync roles) the `roles` claim sets the role at every sign-in.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..models import User
 from ..models._types import utcnow
 from ..models.users import ROLES
 from ..security import public
-from .auth import _safe_next
+from .auth import next_page
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ def _refuse(message: str, reason: str):
 def start():
     if not is_configured():
         return _refuse("Single sign-on is not configured on this server.", "not configured")
-    session[NEXT_KEY] = _safe_next(request.args.get("next"))
+    session[NEXT_KEY] = next_page(request.args.get("next"))
     try:
         return _client().authorize_redirect(url_for("oidc.callback", _external=True))
     except (requests.RequestException, ValueError, RuntimeError) as exc:
@@ -154,35 +156,85 @@ def callback():
     return redirect(session.pop(NEXT_KEY, None) or url_for("dashboard.index"))
 
 
-def _user_for(claims) -> tuple[User, bool]:
-    config = current_app.config
-    subject = claims.get("sub")
+def _email_of(claims) -> str:
     email = (claims.get("email") or "").strip().lower()
     if not email or "@" not in email:
         raise SignInRefused("The identity provider did not send an e-mail address. Ask your administrator to "
                             "add the email claim to the SeatSync application.")
     if claims.get("email_verified") is False:
         raise SignInRefused(f"The identity provider has not verified {email}; SeatSync cannot sign you in with it.")
+    allowed = current_app.config.get("OIDC_ALLOWED_DOMAINS") or []
     domain = email.rsplit("@", 1)[1]
-    allowed = config.get("OIDC_ALLOWED_DOMAINS") or []
     if allowed and domain not in allowed:
         raise SignInRefused(f"Accounts from {domain} may not sign in to SeatSync. Use your work account, or ask "
                             "your administrator to add the domain to OIDC_ALLOWED_DOMAINS.")
-    user = db.session.scalar(db.select(User).filter_by(oidc_subject=subject))
-    created = False
+    return email
+
+
+def _existing_user_by_email(email: str, subject: str, claims) -> User | None:
+    """The account an identity new to SeatSync may take over: only with the provider's word that the
+    e-mail is the person's (Microsoft Entra ID, for one, sends no `email_verified` by default, and lets
+    tenant admins set any address), and never one already linked to another identity."""
+    user = db.session.scalar(db.select(User).filter(db.func.lower(User.email) == email))
     if user is None:
-        user = db.session.scalar(db.select(User).filter(db.func.lower(User.email) == email))
-        if user is not None and user.oidc_subject and user.oidc_subject != subject:
-            raise SignInRefused(f"{email} is linked to a different single sign-on identity. Ask an administrator.")
-    if user is None:
-        if not allowed:
-            raise SignInRefused(f"There is no SeatSync account for {email}. Ask an administrator to invite you.")
-        role = config.get("OIDC_DEFAULT_ROLE") if config.get("OIDC_DEFAULT_ROLE") in ROLES else "viewer"
-        user = User(email=email, name=(claims.get("name") or "")[:200], role=role, active=True, session_version=1)
-        db.session.add(user)
-        created = True
+        return None
+    if user.oidc_subject and user.oidc_subject != subject:
+        raise SignInRefused(f"{email} is linked to a different single sign-on identity. Ask an administrator.")
+    if claims.get("email_verified") is not True:
+        raise SignInRefused(f"{email} already has a SeatSync account, and the identity provider did not confirm "
+                            "that this e-mail address is verified (email_verified), so single sign-on cannot "
+                            "link to it. Sign in with your password, or ask an administrator.")
+    return user
+
+
+def _mapped_role(claims) -> str | None:
+    """The highest SeatSync role the provider's app roles (`roles` claim) map to, when OIDC_ROLE_MAP is set."""
+    role_map = current_app.config.get("OIDC_ROLE_MAP") or {}
+    if not role_map:
+        return None
+    roles = claims.get("roles") or []
+    mapped = [role_map[name] for name in roles if isinstance(name, str) and name in role_map]
+    if not mapped:
+        raise SignInRefused("You have no SeatSync role in your organisation's identity provider. Ask your "
+                            "administrator to assign you a SeatSync app role.")
+    return max(mapped, key=ROLES.index)
+
+
+def _new_user(email: str, claims, role: str | None) -> User:
+    if not current_app.config.get("OIDC_ALLOWED_DOMAINS"):
+        raise SignInRefused(f"There is no SeatSync account for {email}. Ask an administrator to invite you.")
+    default = current_app.config.get("OIDC_DEFAULT_ROLE")
+    role = role or (default if default in ROLES else "viewer")
+    user = User(email=email, name=(claims.get("name") or "")[:200], role=role, active=True, session_version=1)
+    db.session.add(user)
+    return user
+
+
+def _apply_role(user: User, role: str | None) -> None:
+    if role is None or role == user.role:
+        return
+    record("user.role_changed", user.email, f"Role {user.role} → {role} from the identity provider's app roles",
+           before={"role": user.role}, after={"role": role}, actor=user.email)
+    user.role = role
+    if role != "admin":
+        user.break_glass = False
+
+
+def _user_for(claims) -> tuple[User, bool]:
+    email = _email_of(claims)
+    subject = claims.get("sub")
+    if not subject:
+        raise SignInRefused("The identity provider did not send a subject (sub) claim.")
+    role = _mapped_role(claims)
+    user = db.session.scalar(db.select(User).filter_by(oidc_subject=subject)) or \
+        _existing_user_by_email(email, subject, claims)
+    created = user is None
+    if created:
+        user = _new_user(email, claims, role)
     if not user.active:
         raise SignInRefused("This account is deactivated. Ask an administrator to reactivate it.")
+    if not created:
+        _apply_role(user, role)
     user.oidc_subject = subject
     if not user.name and claims.get("name"):
         user.name = claims["name"][:200]

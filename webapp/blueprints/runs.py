@@ -13,6 +13,7 @@ from flask import Blueprint, Response, abort, flash, redirect, render_template, 
 from sqlalchemy import func, select
 
 from ..extensions import db, htmx
+from ..inputs import db_int, page_number
 from ..models import Company, CompanyMapping, LineResult, Product, SyncRun
 from ..sync import ACTIVE_RUN, LineAction, review_changes, verification_summary
 
@@ -32,7 +33,7 @@ def _run_or_404(run_id: int) -> SyncRun:
 
 @bp.get("/")
 def index():
-    page = max(1, request.args.get("page", 1, type=int))
+    page = request.args.get("page", 1, type=page_number)
     query = select(SyncRun).order_by(SyncRun.created_at.desc(), SyncRun.id.desc())
     runs = db.session.scalars(query.offset((page - 1) * PER_PAGE).limit(PER_PAGE + 1)).all()
     return render_template("runs/index.html", runs=runs[:PER_PAGE], page=page, has_next=len(runs) > PER_PAGE)
@@ -61,7 +62,7 @@ def detail(run_id: int):
     run = _run_or_404(run_id)
     if htmx and request.args.get("part") == "progress":
         return render_template("runs/_progress.html", run=run, verification=verification_summary(run.id))
-    company = request.args.get("company", type=int)
+    company = request.args.get("company", type=db_int)
     companies = _companies(run)
     if company:
         companies = [c for c in companies if c["mapping_id"] == company]
@@ -79,7 +80,7 @@ def review(run_id: int):
         abort(400)
     ids = None
     if request.values.get("scope") != "all":
-        ids = [int(i) for i in request.form.getlist("line") if i.isdigit() and len(i) < 19]
+        ids = request.form.getlist("line", type=db_int)
     count = review_changes(run, approve=decision == "approve", line_ids=ids)
     if not count:
         flash("Nothing to review: tick at least one planned change.", "warning")

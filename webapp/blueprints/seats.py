@@ -22,9 +22,11 @@ from sqlalchemy import func, or_, select
 
 from .. import audit, counts, seats_import
 from ..extensions import db, htmx
+from ..inputs import accepts_upload, db_int_or_none, page_number
 from ..models import Company, CountOverride, MonthlyCount, Product, Seat
 from ..models.seats import COUNT_RULES
 from ..security import admin_only
+from .errors import render_error
 
 bp = Blueprint("seats", __name__, cli_group=None)
 
@@ -40,7 +42,7 @@ RULE_LABELS = {"active_during_month": "Active at any time in the month",
 
 def _page_number() -> int:
     try:
-        return max(1, int(request.args.get("page", 1)))
+        return page_number(request.args.get("page", "1"))
     except ValueError:
         return 1
 
@@ -51,6 +53,11 @@ def _paginate(query, page: int, size: int):
     page = min(page, pages)
     items = db.session.execute(query.limit(size).offset((page - 1) * size)).all()
     return {"items": items, "page": page, "pages": pages, "total": total}
+
+
+def _product(product_id: str) -> Product | None:
+    number = db_int_or_none(product_id)
+    return db.session.get(Product, number) if number is not None else None
 
 
 def _company(company_id: int) -> Company:
@@ -231,7 +238,7 @@ def set_company_active(company_id: int):
 
 def _seat_values(company: Company) -> dict:
     form = _form("product_id", "user_email", "active_from", "active_to")
-    product = db.session.get(Product, int(form["product_id"])) if form["product_id"].isdigit() else None
+    product = _product(form["product_id"])
     if product is None:
         raise ValueError("Product: pick a product.")
     try:
@@ -291,7 +298,8 @@ def end_seat(seat_id: int):
 def save_override(company_id: int):
     company = _company(company_id)
     form = _form("product_id", "month", "count", "note")
-    product = db.session.get(Product, int(form["product_id"])) if form["product_id"].isdigit() else None
+    product = _product(form["product_id"])
+    count = db_int_or_none(form["count"])
     problems = []
     if product is None:
         problems.append("Product: pick a product.")
@@ -300,7 +308,7 @@ def save_override(company_id: int):
                                                          else form["month"]))
     except ValueError:
         problems.append("Month: use YYYY-MM.")
-    if not form["count"].isdigit():
+    if count is None:
         problems.append("Count: a whole number, 0 or more.")
     if not form["note"]:
         problems.append("Note: say why the count is overridden (it goes to the audit log).")
@@ -314,7 +322,7 @@ def save_override(company_id: int):
     if override is None:
         override = CountOverride(company_id=company.id, product_id=product.id, month=month, count=0, note="")
         db.session.add(override)
-    override.count, override.note = int(form["count"]), form["note"][:2000]
+    override.count, override.note = count, form["note"][:2000]
     override.created_by_id = current_user.id
     computed = counts.compute_counts(month, company_ids=[company.id], product_ids=[product.id]).get(
         (company.id, product.id), 0)
@@ -478,15 +486,24 @@ def import_form():
     return render_template("seats/import.html", columns=seats_import.COLUMNS, max_mb=seats_import.MAX_BYTES >> 20)
 
 
+def _upload_limit() -> int:
+    return seats_import.MAX_BYTES + 64 * 1024
+
+
+@bp.errorhandler(413)
+def upload_too_large(exc):
+    # An oversized body is refused before it is read (webapp/inputs.py); say so on the import page.
+    if request.endpoint != "seats.upload":
+        return render_error(413)
+    size = seats_import.human_size(request.content_length or 0)
+    flash(f"The file is {size}; the limit is 50 MB. Split it into smaller files.", "error")
+    return render_template("seats/import.html", columns=seats_import.COLUMNS, max_mb=50), 413
+
+
 @bp.post("/seats/import")
+@accepts_upload(_upload_limit)
 def upload():
-    # Refuse oversized bodies before reading them (Werkzeug stops at the per-request limit).
-    limit = seats_import.MAX_BYTES + 64 * 1024
-    if request.content_length and request.content_length > limit:
-        flash(f"The file is {seats_import.human_size(request.content_length)}; the limit is 50 MB. "
-              "Split it into smaller files.", "error")
-        return render_template("seats/import.html", columns=seats_import.COLUMNS, max_mb=50), 413
-    request.max_content_length = limit
+    limit = _upload_limit()
     upload = request.files.get("file")
     if upload is None or not upload.filename:
         flash("Choose a CSV file to upload.", "error")

@@ -17,6 +17,18 @@ from ._types import UtcDateTime, utcnow
 
 ROLES = ("viewer", "billing", "admin")  # each role can do everything the ones before it can
 
+_dummy_hash: str | None = None
+
+
+def password_matches(stored_hash: str | None, password: str) -> bool:
+    """Whether `password` matches; always hashes once, so an unknown account or one without a
+    password answers in the same time as a wrong password (no account enumeration by timing)."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = generate_password_hash(secrets.token_urlsafe(16))
+    matched = check_password_hash(stored_hash or _dummy_hash, password)
+    return bool(stored_hash) and matched
+
 
 class User(UserMixin, db.Model):
     __tablename__ = "users"
@@ -39,7 +51,7 @@ class User(UserMixin, db.Model):
         self.password_hash = generate_password_hash(password)
 
     def check_password(self, password: str) -> bool:
-        return bool(self.password_hash) and check_password_hash(self.password_hash, password)
+        return password_matches(self.password_hash, password)
 
     def has_role(self, role: str) -> bool:
         return ROLES.index(self.role) >= ROLES.index(role)

@@ -140,6 +140,7 @@ class CredentialField:
     name: str
     label: str
     secret: bool = False  # encrypted at rest, never sent back to the browser
+    host: bool = False  # where the secrets go: changing it needs the secrets typed again
     required: bool = True
     help: str = ""
     placeholder: str = ""

@@ -180,7 +180,7 @@ class ConnectWiseClient(PsaClient):
     hourly_limit = None  # no documented limit (notes §0.6)
     concurrency_per_endpoint = READ_PARALLELISM
     credential_fields = (
-        CredentialField("site", "ConnectWise Manage Site", help="The host only, e.g. na.myconnectwise.net.",
+        CredentialField("site", "ConnectWise Manage Site", host=True, help="The host only, e.g. na.myconnectwise.net.",
                         placeholder="na.myconnectwise.net"),
         CredentialField("company_id", "Company ID", help="The company you type on the ConnectWise login page."),
         CredentialField("public_key", "Public Key", help="From the API member's API Keys tab."),

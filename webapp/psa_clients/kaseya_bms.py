@@ -226,7 +226,8 @@ class KaseyaBmsClient(PsaClient):
     # The V2 API cannot report a contract service's Units: Line.quantity is None (notes §0.2, §3.4).
     quantity_readable: ClassVar[bool] = False
     credential_fields = (
-        CredentialField("hostname", "Hostname", help="Your Kaseya BMS host without https://, e.g. bms.kaseya.com.",
+        CredentialField("hostname", "Hostname", host=True,
+                        help="Your Kaseya BMS host without https://, e.g. bms.kaseya.com.",
                         placeholder="bms.kaseya.com"),
         CredentialField("username", "Username", help="An API Employee user with API access."),
         CredentialField("password", "Password", secret=True),
