@@ -4,6 +4,7 @@ from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 
 from ..extensions import htmx
+from ..responses import htmx_answer
 
 MESSAGES = {
     400: "The request could not be understood.",
@@ -20,9 +21,10 @@ def _render(status: int, message: str | None = None):
     message = message or MESSAGES.get(status, "Error")
     if request.path.startswith("/api/"):  # API clients get JSON even for paths no API route matched
         return jsonify(error="not_found" if status == 404 else f"http_{status}", message=message), status
+    # HTMX: a banner fragment, swapped into #htmx-banners by base.html's htmx-config (responseHandling).
     template = "errors/_banner.html" if htmx else "errors/page.html"
-    response = render_template(template, status=status, message=message), status
-    return response
+    return htmx_answer(lambda: render_template(template, status=status, message=message,
+                                                       dismissible=bool(htmx)), status=status)
 
 
 def register(app: Flask) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, abort, current_app, flash, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import and_, func, or_
 
@@ -32,6 +32,7 @@ from ..models import Company, CompanyMapping, Integration, LineResult, Product, 
 from ..models._types import utcnow
 from ..psa_clients import PSA_KINDS, PsaError, ValidationFailed, client_class
 from ..queue import get_redis
+from ..responses import htmx_answer
 from ..security import admin_only
 from ..sync import SyncUnavailable, unavailable_reason
 from ..sync import start_sync as engine_start_sync
@@ -320,8 +321,9 @@ def render_row(integration: Integration, company: Company, mapping: CompanyMappi
                            **_context(integration, company=company, mapping=mapping, **extra))
 
 
-def back_to_companies(integration: Integration):
-    return redirect(request.form.get("next") or url_for(f"{integration.kind}.companies"))
+def companies_url(integration: Integration) -> str:
+    """Where a row action without JavaScript returns: the page (filter, search) it was pressed on."""
+    return request.form.get("next") or url_for(f"{integration.kind}.companies")
 
 
 def _company_or_404(company_id: int) -> Company:
@@ -466,11 +468,9 @@ def save_products(kind: str):
                      before=before, after=after)
     db.session.commit()
     db.session.refresh(integration)
-    if not htmx:
-        flash("Product mappings saved.", "success")
-        return redirect(url_for(f"{kind}.page") + "#products")
-    context = _context(integration, **product_section(integration), products_saved=True)
-    return render_template("integrations/_products.html", **context)
+    return htmx_answer(lambda: render_template("integrations/_products.html", **_context(
+        integration, **product_section(integration), products_saved=True)),
+        fallback=url_for(f"{kind}.page") + "#products", message="Product mappings saved.")
 
 
 def scope_section_view(kind: str):
@@ -490,11 +490,9 @@ def save_scope(kind: str):
         integration.scope = after
         audit.record("integration.scope", kind, f"{display_name(kind)} PSA scope saved", before=before, after=after)
         db.session.commit()
-    if not htmx:
-        flash("PSA scope saved.", "success")
-        return redirect(url_for(f"{kind}.page") + "#scope")
-    return render_template("integrations/_scope.html", **_context(integration, **scope_section(integration),
-                                                                   scope_saved=True))
+    return htmx_answer(lambda: render_template("integrations/_scope.html", **_context(
+        integration, **scope_section(integration), scope_saved=True)),
+        fallback=url_for(f"{kind}.page") + "#scope", message="PSA scope saved.")
 
 
 def save_schedule(kind: str):
@@ -519,12 +517,11 @@ def save_schedule(kind: str):
             audit.record("integration.schedule", kind, f"{display_name(kind)} sync schedule saved",
                          before=before, after=after)
         db.session.commit()
-    if not htmx:
-        flash(error or "Sync schedule saved.", "error" if error else "success")
-        return redirect(url_for(f"{kind}.page") + "#schedule")
-    return render_template("integrations/_schedule.html", **_context(
+    return htmx_answer(lambda: render_template("integrations/_schedule.html", **_context(
         integration, next_run=next_run(integration), weekdays=WEEKDAYS, schedule_error=error,
-        schedule_saved=error is None, blocker=sync_blocker(integration), run=latest_run(integration)))
+        schedule_saved=error is None, blocker=sync_blocker(integration), run=latest_run(integration))),
+        fallback=url_for(f"{kind}.page") + "#schedule", message=error or "Sync schedule saved.",
+        category="error" if error else "success")
 
 
 def save_options(kind: str):
@@ -541,34 +538,29 @@ def save_options(kind: str):
         integration.options = after
         audit.record("integration.options", kind, f"{display_name(kind)} options saved", before=before, after=after)
         db.session.commit()
-    if not htmx:
-        flash("Options saved.", "success")
-        return redirect(url_for(f"{kind}.page") + "#options")
-    return render_template("integrations/_options.html", **_context(integration, options_saved=True))
+    return htmx_answer(lambda: render_template("integrations/_options.html",
+                                               **_context(integration, options_saved=True)),
+                       fallback=url_for(f"{kind}.page") + "#options", message="Options saved.")
 
 
 def sync_now(kind: str):
     integration = get_integration(kind)
     run, reason = start_sync(integration, "sync_now")
-    if not htmx:
-        flash(reason or "Sync started.", "error" if reason else "success")
-        return redirect(request.form.get("next") or url_for(f"{kind}.page"))
-    response = make_response(render_template("integrations/_progress.html", **_context(
-        integration, run=run or latest_run(integration), blocker=sync_blocker(integration), sync_error=reason)))
-    if run is not None:
-        response.headers["HX-Trigger"] = "sync-started"  # the company table reloads once to show queued rows
-    return response
+    return htmx_answer(lambda: render_template("integrations/_progress.html", **_context(
+        integration, run=run or latest_run(integration), blocker=sync_blocker(integration), sync_error=reason)),
+        fallback=request.form.get("next") or url_for(f"{kind}.page"), message=reason or "Sync started.",
+        category="error" if reason else "success",
+        trigger="sync-started" if run is not None else None)  # the company table reloads once to show queued rows
 
 
 def progress(kind: str):
     """The run's progress bar; polled every 2 s while the run is live, then returned without the trigger."""
     integration = get_integration(kind)
     run = latest_run(integration)
-    response = make_response(render_template("integrations/_progress.html", **_context(
-        integration, run=run, blocker=sync_blocker(integration))))
-    if htmx and (run is None or run.state not in LIVE_RUN_STATES):
-        response.headers["HX-Trigger"] = "sync-finished"  # polling stops here: show every row's final status
-    return response
+    finished = run is None or run.state not in LIVE_RUN_STATES
+    return htmx_answer(render_template("integrations/_progress.html", **_context(
+        integration, run=run, blocker=sync_blocker(integration))),
+        trigger="sync-finished" if finished else None)  # polling stops here: show every row's final status
 
 
 # --------------------------------------------------------------------------------------------------
@@ -713,10 +705,8 @@ def save_company(kind: str, company_id: int):
                      f"/ {mapping.agreement_name} in {display_name(kind)}", before=before,
                      after={"psa_company": mapping.psa_company_name, f"{words.agreement}": mapping.agreement_name})
     db.session.commit()
-    if not htmx:
-        flash(f"{company.name} mapped.", "success")
-        return back_to_companies(integration)
-    return render_row(integration, company, mapping)
+    return htmx_answer(lambda: render_row(integration, company, mapping), fallback=companies_url(integration),
+                       message=f"{company.name} mapped.")
 
 
 def exclude_company(kind: str, company_id: int):
@@ -728,9 +718,7 @@ def exclude_company(kind: str, company_id: int):
                  f"{company.name} {'excluded from' if mapping.excluded else 'included again in'} "
                  f"{display_name(kind)} syncs", after={"excluded": mapping.excluded})
     db.session.commit()
-    if not htmx:
-        return back_to_companies(integration)
-    return render_row(integration, company, mapping)
+    return htmx_answer(lambda: render_row(integration, company, mapping), fallback=companies_url(integration))
 
 
 def sync_company(kind: str, company_id: int):
@@ -745,10 +733,9 @@ def sync_company(kind: str, company_id: int):
     else:
         _run, reason = start_sync(integration, "row", mapping)
         db.session.refresh(mapping)
-    if not htmx:
-        flash(reason or f"Sync started for {company.name}.", "error" if reason else "success")
-        return back_to_companies(integration)
-    return render_row(integration, company, mapping, row_error=reason)
+    return htmx_answer(lambda: render_row(integration, company, mapping, row_error=reason),
+                       fallback=companies_url(integration), message=reason or f"Sync started for {company.name}.",
+                       category="error" if reason else "success")
 
 
 def company_details(kind: str, company_id: int):

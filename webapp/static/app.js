@@ -6,3 +6,8 @@ document.addEventListener("htmx:afterSwap", (event) => {
 });
 // Lets CSS hide the buttons only a browser without JavaScript needs (e.g. "Search" in the mapping editor).
 document.documentElement.classList.add("js");
+// Error banners swapped in by HTMX (#htmx-banners) stay until dismissed, so a refused action is not missed.
+document.addEventListener("click", (event) => {
+  const dismiss = event.target.closest("[data-dismiss-banner]");
+  if (dismiss) dismiss.closest(".banner").remove();
+});

@@ -1,0 +1,51 @@
+"""The admin's day (issue 12): every screen tells the truth at a glance and never fights the user."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.fixtures.integrations import connect
+from webapp.cli import seed_demo_data
+from webapp.extensions import db
+from webapp.models import User
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def connected(live_server, psa_sim):
+    """The demo data, ConnectWise connected to the simulator."""
+    with live_server.app.app_context():
+        seed_demo_data()
+        connect("connectwise", psa_sim)
+    return live_server
+
+
+def set_role(live_server, email: str, role: str) -> None:
+    with live_server.app.app_context():
+        db.session.scalar(db.select(User).filter_by(email=email)).role = role
+        db.session.commit()
+
+
+def test_forbidden_htmx_action_shows_a_banner(connected, page):
+    email = connected.login(page, "billing")
+    page.goto(f"{connected.url}/integrations/connectwise/companies")
+    set_role(connected, email, "viewer")  # an admin demoted this user meanwhile
+    page.get_by_role("button", name="Exclude Acme Dental").click()
+    banner = page.locator("#htmx-banners").get_by_role("alert")
+    expect(banner).to_contain_text("Your role does not allow this")
+    expect(page.get_by_role("row", name="Acme Dental").locator(".status")).not_to_have_text("excluded")
+    banner.get_by_role("button", name="Dismiss").click()
+    expect(banner).to_have_count(0)
+
+
+def test_an_expired_form_token_on_an_htmx_action_shows_a_banner(connected, page):
+    connected.login(page, "billing")
+    page.goto(f"{connected.url}/integrations/connectwise/companies")
+    page.evaluate("""() => {
+        document.body.setAttribute("hx-headers", '{"X-CSRFToken": "expired"}');
+        document.querySelectorAll("input[name=csrf_token]").forEach((input) => { input.value = "expired"; });
+    }""")
+    page.get_by_role("button", name="Exclude Acme Dental").click()
+    expect(page.locator("#htmx-banners").get_by_role("alert")).to_contain_text("The form expired")
