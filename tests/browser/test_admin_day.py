@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.fixtures.integrations import connect
+from tests.fixtures.integrations import KINDS, connect
 from webapp.cli import seed_demo_data
 from webapp.extensions import db
 from webapp.models import User
@@ -49,3 +49,22 @@ def test_an_expired_form_token_on_an_htmx_action_shows_a_banner(connected, page)
     }""")
     page.get_by_role("button", name="Exclude Acme Dental").click()
     expect(page.locator("#htmx-banners").get_by_role("alert")).to_contain_text("The form expired")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_searching_products_keeps_the_select_usable(kind, live_server, page, psa_sim):
+    with live_server.app.app_context():
+        seed_demo_data()
+        connect(kind, psa_sim)
+    live_server.login(page, "billing")
+    page.goto(f"{live_server.url}/integrations/{kind}/")
+    row = page.get_by_role("row", name="Password Manager Business")
+    row.get_by_role("searchbox").fill("backup")
+    select = row.get_by_role("combobox")
+    expect(select.locator("option")).to_have_count(2)  # "— not mapped —" and the one match
+    expect(select).to_be_visible()
+    select.select_option(select.locator("option", has_text="Endpoint Backup").get_attribute("value"))
+    page.get_by_role("region", name="Product mappings").get_by_role("button", name="Save").click()
+    expect(page.locator("#products").get_by_role("status")).to_contain_text("Product mappings saved")
+    expect(page.get_by_role("row", name="Password Manager Business").get_by_role("combobox")
+           .locator("option:checked")).to_contain_text("Endpoint Backup")
