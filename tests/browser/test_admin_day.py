@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
-from tests.fixtures.integrations import KINDS, connect
+from tests.fixtures.integrations import KINDS, company, connect
 from webapp.cli import seed_demo_data
+from webapp.connections import get_integration
 from webapp.extensions import db
-from webapp.models import User
+from webapp.models import CompanyMapping, User
 
 pytestmark = pytest.mark.browser
 
@@ -68,3 +71,36 @@ def test_searching_products_keeps_the_select_usable(kind, live_server, page, psa
     expect(page.locator("#products").get_by_role("status")).to_contain_text("Product mappings saved")
     expect(page.get_by_role("row", name="Password Manager Business").get_by_role("combobox")
            .locator("option:checked")).to_contain_text("Endpoint Backup")
+
+
+def mark_error(live_server, kind: str, company_name: str) -> None:
+    with live_server.app.app_context():
+        integration = get_integration(kind)
+        db.session.add(CompanyMapping(integration=integration, company=company(company_name), psa_company_id="1",
+                                      psa_company_name=company_name, agreement_id="2", agreement_name="Managed",
+                                      status="error", status_reason="HTTP 404: the agreement no longer exists"))
+        db.session.commit()
+
+
+def test_back_button_restores_filter_and_table_together(connected, page):
+    mark_error(connected, "connectwise", "Bluebird Logistics")
+    connected.login(page, "billing")
+    page.goto(f"{connected.url}/integrations/connectwise/companies")
+    show = page.get_by_label("Show")
+    table = page.locator("#company-table")
+    expect(table.get_by_role("row", name="Acme Dental")).to_be_visible()
+    show.select_option("error")
+    expect(table.get_by_role("row", name="Acme Dental")).to_have_count(0)
+    expect(page).to_have_url(re.compile("filter=error"))
+    show.select_option("")
+    expect(table.get_by_role("row", name="Acme Dental")).to_be_visible()
+    for _ in range(2):
+        page.go_back()
+        expect(page).to_have_url(re.compile("filter=error"))
+        expect(page.get_by_label("Show")).to_have_value("error")
+        expect(table.get_by_role("row", name="Acme Dental")).to_have_count(0)
+        expect(table.get_by_role("row", name="Bluebird Logistics")).to_be_visible()
+        page.go_forward()
+        expect(page).not_to_have_url(re.compile("filter=error"))
+        expect(page.get_by_label("Show")).to_have_value("")
+        expect(table.get_by_role("row", name="Acme Dental")).to_be_visible()

@@ -1,7 +1,8 @@
 // SeatSync's small client-side behaviours. Served from 'self' (the CSP forbids inline script).
 // Everything works without it; it only improves focus after HTMX swaps.
 document.addEventListener("htmx:afterSwap", (event) => {
-  const autofocus = event.detail.target.querySelector("[autofocus]");
+  const swapped = event.detail.target;  // absent on some swaps (e.g. a history restore)
+  const autofocus = swapped && swapped.querySelector("[autofocus]");
   if (autofocus) autofocus.focus();
 });
 // Lets CSS hide the buttons only a browser without JavaScript needs (e.g. "Search" in the mapping editor).
