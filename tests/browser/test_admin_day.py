@@ -11,7 +11,7 @@ from tests.fixtures.integrations import KINDS, company, connect
 from webapp.cli import seed_demo_data
 from webapp.connections import get_integration
 from webapp.extensions import db
-from webapp.models import CompanyMapping, User
+from webapp.models import CompanyMapping, Product, ProductMapping, User
 
 pytestmark = pytest.mark.browser
 
@@ -104,3 +104,25 @@ def test_back_button_restores_filter_and_table_together(connected, page):
         expect(page).not_to_have_url(re.compile("filter=error"))
         expect(page.get_by_label("Show")).to_have_value("")
         expect(table.get_by_role("row", name="Acme Dental")).to_be_visible()
+
+
+def test_disabled_integration_rows_say_disabled_and_offer_no_sync(live_server, page, psa_sim):
+    with live_server.app.app_context():
+        seed_demo_data()
+        integration = connect("connectwise", psa_sim, enabled=False)
+        integration.product_mappings.append(ProductMapping(product_id=db.session.scalar(db.select(Product.id)),
+                                                           psa_product_id="101", psa_product_name="PMB"))
+        db.session.commit()
+    mark_error(live_server, "connectwise", "Bluebird Logistics")
+    psa_sim.clear_log()
+    live_server.login(page, "billing")
+    page.goto(f"{live_server.url}/integrations/connectwise/companies")
+    for name in ("Acme Dental", "Bluebird Logistics"):
+        row = page.get_by_role("row", name=name)
+        expect(row.locator(".status")).to_have_text("disabled")
+        sync = row.get_by_role("button", name=f"Sync now {name}")
+        expect(sync).to_be_disabled()
+        expect(sync).to_have_accessible_description(re.compile("Sync now is unavailable: The integration is disabled"))
+    page.get_by_role("button", name="Exclude Acme Dental").click()  # still editable
+    expect(page.get_by_role("row", name="Acme Dental").locator(".status")).to_have_text("excluded")
+    assert psa_sim.requests("connectwise") == []

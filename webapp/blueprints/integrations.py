@@ -183,11 +183,15 @@ def latest_run(integration: Integration) -> SyncRun | None:
     )
 
 
-def display_status(mapping: CompanyMapping | None) -> str:
+def display_status(mapping: CompanyMapping | None, integration: Integration | None = None) -> str:
+    """A row's status word. Excluded wins (the company stays out even once enabled); then a disabled
+    integration, whose rows would otherwise look live; then the stored status."""
+    if mapping is not None and mapping.excluded:
+        return "excluded"
+    if integration is not None and not integration.enabled:
+        return "disabled"
     if mapping is None:
         return "never synced"
-    if mapping.excluded:
-        return "excluded"
     return mapping.status or "never synced"
 
 
@@ -317,6 +321,7 @@ def render_settings(integration: Integration, **extra):
 
 
 def render_row(integration: Integration, company: Company, mapping: CompanyMapping | None, **extra):
+    extra.setdefault("blocker", sync_blocker(integration))
     return render_template("integrations/_company_row.html",
                            **_context(integration, company=company, mapping=mapping, **extra))
 
