@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import pytest
 from playwright.sync_api import expect
 
+from tests.fixtures.browser import screenshot
 from tests.fixtures.integrations import KINDS, company, connect
+from webapp import counts
 from webapp.cli import seed_demo_data
 from webapp.connections import get_integration
 from webapp.extensions import db
-from webapp.models import CompanyMapping, Product, ProductMapping, User
+from webapp.models import Company, CompanyMapping, CountOverride, Product, ProductMapping, Seat, User
 
 pytestmark = pytest.mark.browser
 
@@ -126,3 +129,58 @@ def test_disabled_integration_rows_say_disabled_and_offer_no_sync(live_server, p
     page.get_by_role("button", name="Exclude Acme Dental").click()  # still editable
     expect(page.get_by_role("row", name="Acme Dental").locator(".status")).to_have_text("excluded")
     assert psa_sim.requests("connectwise") == []
+
+
+LONG_NAME = "The Extraordinarily Long-Named Regional Veterinary Hospital Group of Northern Holdings Incorporated"
+
+
+def seed_counts(live_server) -> dict:
+    """Demo seats, a company with a very long name, an override in the billed (last closed) month."""
+    with live_server.app.app_context():
+        seed_demo_data()
+        billed = counts.previous_month(counts.current_month())
+        product = db.session.scalar(db.select(Product).order_by(Product.name))
+        long_company = Company(name=LONG_NAME, external_id="long")
+        db.session.add(long_company)
+        started = dt.datetime.combine(counts.add_months(billed, -2), dt.time(), dt.UTC)
+        db.session.add_all([Seat(company=long_company, product=product, user_email=f"u{i}@long.example",
+                                 active_from=started) for i in range(7)])
+        db.session.flush()
+        db.session.add(CountOverride(company_id=long_company.id, product_id=product.id, month=billed, count=9,
+                                     note="kiosk users"))
+        db.session.commit()
+        return {"billed": billed, "company_id": long_company.id, "current": counts.current_month()}
+
+
+def assert_in_view(locator, container=None) -> None:
+    box = locator.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 1280, box
+    if container is not None:
+        outer = container.bounding_box()
+        assert box["x"] + box["width"] <= outer["x"] + outer["width"], (box, outer)
+
+
+def test_billed_month_is_visible_without_scrolling_at_1280px(live_server, page):
+    seeded = seed_counts(live_server)
+    billed = seeded["billed"].isoformat()
+    page.set_viewport_size({"width": 1280, "height": 900})
+    live_server.login(page, "billing")
+    page.goto(f"{live_server.url}/counts?q=Extraordinarily")
+    table = page.locator("#counts-table")
+    header = table.locator(f"th[data-month='{billed}']")
+    expect(header).to_contain_text("billed")
+    assert_in_view(header, table)
+    row = table.get_by_role("row").filter(has=page.get_by_role("rowheader", name=LONG_NAME))
+    cell = row.locator(f"td[data-month='{billed}']")
+    expect(cell).to_have_accessible_name("overridden: 9")  # marked; the long name pushes nothing away
+    expect(cell).to_have_attribute("title", "Override: kiosk users")
+    assert_in_view(cell, table)
+    assert_in_view(table.locator(f"th[data-month='{seeded['current'].isoformat()}']"), table)
+    screenshot(page, "counts")
+
+    page.goto(f"{live_server.url}/companies/{seeded['company_id']}")
+    current = page.locator("#monthly-counts th[data-month]").first
+    expect(current).to_contain_text("to date")
+    assert_in_view(current)
+    assert_in_view(page.locator(f"#monthly-counts td[data-month='{billed}']"))
+    screenshot(page, "company-counts")

@@ -72,6 +72,20 @@ def _parse_local(value: str, field: str, required: bool = True) -> dt.datetime |
         raise ValueError(f"{field}: use YYYY-MM-DD or YYYY-MM-DD HH:MM") from None
 
 
+def _override_notes(company_ids, months) -> dict[tuple[int, int, dt.date], str]:
+    """{(company, product, month): note} of the overrides in these tables, so their cells are marked."""
+    if not company_ids:
+        return {}
+    return {(o.company_id, o.product_id, o.month): o.note for o in db.session.scalars(
+        select(CountOverride).where(CountOverride.company_id.in_(list(company_ids)), CountOverride.month.in_(months)))}
+
+
+def _month_columns(months: list[dt.date]) -> dict:
+    """Count tables show the newest month first, so the billed month and the month to date are in view."""
+    current = counts.current_month()
+    return {"columns": months[::-1], "current_month": current, "billed_month": counts.previous_month(current)}
+
+
 def _months(end: dt.date | None = None) -> list[dt.date]:
     end = end or counts.current_month()
     return [counts.add_months(end, -i) for i in range(MONTHS_SHOWN - 1, -1, -1)]
@@ -167,13 +181,18 @@ def _company_context(company: Company) -> dict:
     by_id = {p.id: p for p in products}
     rows = [{"product": by_id[pid], "values": [table[(company.id, pid)].get(m, 0) for m in months]}
             for pid in used if pid in by_id]
+    columns = _month_columns(months)
+    for row in rows:  # the table's cells, newest month first
+        row["cells"] = list(zip(columns["columns"], row["values"][::-1], strict=True))
     overrides = db.session.scalars(select(CountOverride).where(CountOverride.company_id == company.id)
                                    .order_by(CountOverride.month.desc())).all()
     return {
         "company": company, "seats": seats, "search": search, "products": products, "months": months,
         "count_rows": rows, "overrides": overrides, "rule_labels": RULE_LABELS,
         "chart": _chart({r["product"].name: r["values"] for r in rows}, months),
-        "now": dt.datetime.now(dt.UTC), "current_month": counts.current_month(),
+        "now": dt.datetime.now(dt.UTC), **columns,
+        "overridden": _override_notes([company.id], months),
+        "frozen": {m for m in months if counts.month_is_frozen(m)},
     }
 
 
@@ -405,14 +424,16 @@ def _counts_context():
     table = counts.month_table(months, company_ids=ids) if ids else {}
     products = {p.id: p for p in db.session.scalars(select(Product))}
     rows = []
+    columns = _month_columns(months)["columns"]
     for row in listing["page"]["items"]:
         pairs = sorted((pid for (cid, pid) in table if cid == row.id), key=lambda pid: products[pid].name)
-        per_product = [{"product": products[pid], "values": [table[(row.id, pid)].get(m, 0) for m in months]}
-                       for pid in pairs]
+        per_product = [{"product": products[pid], "values": [table[(row.id, pid)].get(m, 0) for m in months],
+                        "cells": [(m, table[(row.id, pid)].get(m, 0)) for m in columns]} for pid in pairs]
         totals = [sum(p["values"][i] for p in per_product) for i in range(len(months))]
         rows.append({"company": row, "products": per_product, "spark": _sparkline(totals)})
     totals = counts.month_totals(months)
-    return {**listing, "months": months, "rows": rows, "totals": totals, "products": products,
+    return {**listing, "months": months, **_month_columns(months), "overridden": _override_notes(ids, months),
+            "rows": rows, "totals": totals, "products": products,
             "closed": [m for m in months if m < counts.current_month()][::-1],
             "frozen": {m for m in months if counts.month_is_frozen(m)},
             "live_as_of": db.session.scalar(select(func.max(MonthlyCount.computed_at)).where(
