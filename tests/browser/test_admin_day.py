@@ -184,3 +184,30 @@ def test_billed_month_is_visible_without_scrolling_at_1280px(live_server, page):
     assert_in_view(current)
     assert_in_view(page.locator(f"#monthly-counts td[data-month='{billed}']"))
     screenshot(page, "company-counts")
+
+
+IMPORT_CSV = (
+    "company,company_external_id,product,user_email,active_from,active_to,billable\n"
+    "Acme Dental,acme,Password Manager Business,ann@acme.example,2025-01-01,,true\n"
+    "Juniper Vets,juniper,Email Security,jo@juniper.example,2025-01-01,,true\n"
+)
+
+
+def test_an_import_lists_the_products_and_companies_it_creates_and_creates_them(live_server, page, tmp_path):
+    live_server.login(page, "billing")  # no product exists yet: nothing has to be created by hand first
+    path = tmp_path / "seats.csv"
+    path.write_text(IMPORT_CSV)
+    page.goto(f"{live_server.url}/seats/import")
+    page.get_by_label("CSV file").set_input_files(str(path))
+    page.get_by_role("button", name="Check the file").click()
+    products = page.get_by_role("region", name="Products it will create")
+    expect(products.get_by_role("listitem")).to_have_text(["Password Manager Business", "Email Security"])
+    expect(page.get_by_role("region", name="Companies it will create").get_by_role("listitem")).to_have_text(
+        ["Acme Dental", "Juniper Vets"])
+    with live_server.app.app_context():
+        assert db.session.query(Product).count() == 0  # the preview writes nothing
+    page.get_by_role("button", name="Import these changes").click()
+    expect(page.get_by_text("Imported.")).to_be_visible()
+    expect(page.get_by_role("region", name="Products created").get_by_role("listitem")).to_have_count(2)
+    with live_server.app.app_context():
+        assert db.session.query(Seat).count() == 2 and db.session.query(Product).count() == 2

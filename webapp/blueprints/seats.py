@@ -572,7 +572,8 @@ def import_seats_command(file: str, dry_run: bool):
     summary = plan.summary()
     click.echo(("Would import" if dry_run else "Imported") + (
         ": {rows} rows, {new_seats} new seats, {updated_seats} changed, {unchanged} unchanged, "
-        "{new_companies} new companies, {updated_companies} companies updated.").format(**summary))
+        "{new_companies} new companies, {new_products} new products, {updated_companies} companies updated."
+    ).format(**summary))
     for line in plan.samples:
         click.echo(f"  {line}")
     if not dry_run and plan.changes:
