@@ -568,10 +568,13 @@ def commit_job(import_id: str) -> str:
         write_state(import_id, status="failed", percent=100,
                     step=f"The import failed and nothing was imported ({error.__class__.__name__})")
         raise
+    from .counts import drifted_closed_months
     from .queue import get_redis
 
     get_redis().delete(_key(import_id, "data"))
-    write_state(import_id, status="done", percent=100, result=summary, step="Imported")
+    # Closed months the file changed: the page names them and offers their recompute.
+    closed = [m.isoformat() for m in drifted_closed_months()] if plan.changes else []
+    write_state(import_id, status="done", percent=100, result=summary, step="Imported", closed_months=closed)
     if plan.changes:
         from .counts import compute_counts_job
         from .queue import enqueue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 
 import pytest
 from playwright.sync_api import expect
@@ -14,7 +15,17 @@ from webapp import counts
 from webapp.cli import seed_demo_data
 from webapp.connections import get_integration
 from webapp.extensions import db
-from webapp.models import Company, CompanyMapping, CountOverride, Product, ProductMapping, Seat, User
+from webapp.models import (
+    AuditEvent,
+    Company,
+    CompanyMapping,
+    CountOverride,
+    Product,
+    ProductMapping,
+    Seat,
+    SyncRun,
+    User,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -211,3 +222,74 @@ def test_an_import_lists_the_products_and_companies_it_creates_and_creates_them(
     expect(page.get_by_role("region", name="Products created").get_by_role("listitem")).to_have_count(2)
     with live_server.app.app_context():
         assert db.session.query(Seat).count() == 2 and db.session.query(Product).count() == 2
+
+
+SYNC_TIMEOUT = 30_000
+FINISHED = re.compile("in sync|updated|needs attention")  # the demo seats include unmapped products
+
+
+def pushed_quantity(psa_sim, agreement_id: str = "106", psa_product_id: str = "101") -> float:
+    additions = psa_sim.data("connectwise")["additions"].values()
+    return sum(a["quantity"] for a in additions if str(a["agreementId"]) == agreement_id
+               and str(a["product"]["id"]) == psa_product_id and not a.get("cancelledDate"))
+
+
+def sync_acme(page, live_server) -> None:
+    """Sync now on Acme Dental's row, and wait until that run has finished."""
+    with live_server.app.app_context():
+        runs_before = db.session.query(SyncRun).count()
+    page.goto(f"{live_server.url}/integrations/connectwise/companies?q=Acme")
+    page.get_by_role("button", name="Sync now Acme Dental").click()
+    expect(page.get_by_role("row", name="Acme Dental").locator(".status")).to_have_text(FINISHED,
+                                                                                       timeout=SYNC_TIMEOUT)
+    deadline = time.monotonic() + SYNC_TIMEOUT / 1000
+    while time.monotonic() < deadline:
+        with live_server.app.app_context():
+            runs = db.session.scalars(db.select(SyncRun).order_by(SyncRun.id)).all()
+            if len(runs) > runs_before and runs[-1].finished_at is not None:
+                return
+        time.sleep(0.2)
+    raise AssertionError("the row's sync did not finish")
+
+
+def test_late_seats_for_a_closed_month_are_announced_and_pushed_after_recompute(live_server, page, psa_sim,
+                                                                                  tmp_path):
+    with live_server.app.app_context():
+        seed_demo_data()
+        integration = connect("connectwise", psa_sim)
+        product = db.session.scalar(db.select(Product).filter_by(name="Password Manager Business"))
+        integration.product_mappings.append(ProductMapping(product_id=product.id, psa_product_id="101",
+                                                           psa_product_name=product.name))
+        acme = company("Acme Dental")
+        db.session.add(CompanyMapping(integration=integration, company=acme, psa_company_id="105",
+                                      psa_company_name="Acme Dental", agreement_id="106", agreement_name="Managed"))
+        billed = counts.previous_month(counts.current_month())
+        db.session.add(Seat(company=acme, product=product, user_email="early@acme.example",
+                            active_from=dt.datetime.combine(counts.add_months(billed, -1), dt.time(), dt.UTC)))
+        db.session.commit()
+        counts.freeze_month(billed)  # the month closed: its counts are frozen
+    live_server.login(page, "admin")
+    sync_acme(page, live_server)
+    before = pushed_quantity(psa_sim)
+    assert before >= 1
+
+    # A file arrives late: one more user for Acme Dental during the closed month.
+    path = tmp_path / "late.csv"
+    path.write_text("company,company_external_id,product,user_email,active_from,active_to,billable\n"
+                    f"Acme Dental,demo-001,Password Manager Business,late@acme.example,{billed.isoformat()},,true\n")
+    page.goto(f"{live_server.url}/seats/import")
+    page.get_by_label("CSV file").set_input_files(str(path))
+    page.get_by_role("button", name="Check the file").click()
+    page.get_by_role("button", name="Import these changes").click()
+    announcement = page.locator("#closed-months")
+    expect(announcement).to_contain_text(f"Closed month changed after freezing: {billed:%b %Y}")
+    page.goto(f"{live_server.url}/counts")  # the counts page says so too, until it is recomputed
+    expect(page.locator("#closed-months")).to_contain_text(f"{billed:%b %Y}")
+    page.locator("#closed-months").get_by_role("button", name=f"Recompute {billed:%b %Y}").click()
+    expect(page.get_by_role("status").filter(has_text="recomputed")).to_contain_text("1 count(s) changed")
+    expect(page.locator("#closed-months")).to_have_count(0)
+
+    sync_acme(page, live_server)
+    assert pushed_quantity(psa_sim) == before + 1
+    with live_server.app.app_context():
+        assert db.session.scalar(db.select(AuditEvent).filter_by(kind="counts.recomputed")) is not None

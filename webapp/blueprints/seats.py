@@ -25,6 +25,7 @@ from ..extensions import db, htmx
 from ..models import Company, CountOverride, MonthlyCount, Product, Seat
 from ..models.seats import COUNT_RULES
 from ..security import admin_only
+from .auth import _safe_next
 
 bp = Blueprint("seats", __name__, cli_group=None)
 
@@ -192,6 +193,7 @@ def _company_context(company: Company) -> dict:
         "chart": _chart({r["product"].name: r["values"] for r in rows}, months),
         "now": dt.datetime.now(dt.UTC), **columns,
         "overridden": _override_notes([company.id], months),
+        "closed_months": counts.drifted_closed_months([company.id]),
         "frozen": {m for m in months if counts.month_is_frozen(m)},
     }
 
@@ -341,7 +343,9 @@ def save_override(company_id: int):
                  f"Count set to {override.count} (computed {computed}): {override.note}",
                  before=before, after={"count": override.count, "note": override.note, "computed": computed})
     db.session.commit()
-    flash(f"{product.name} for {month:%B %Y} is now {override.count}.", "success")
+    flash(f"{product.name} for {month:%B %Y} is now {override.count}."
+          + (" That month is closed: the override replaces its frozen count, so the next sync of that month "
+             "pushes it." if counts.is_closed(month) else ""), "success")
     return redirect(url_for("seats.company", company_id=company.id))
 
 
@@ -435,6 +439,7 @@ def _counts_context():
     return {**listing, "months": months, **_month_columns(months), "overridden": _override_notes(ids, months),
             "rows": rows, "totals": totals, "products": products,
             "closed": [m for m in months if m < counts.current_month()][::-1],
+            "closed_months": counts.drifted_closed_months(),
             "frozen": {m for m in months if counts.month_is_frozen(m)},
             "live_as_of": db.session.scalar(select(func.max(MonthlyCount.computed_at)).where(
                 MonthlyCount.month == months[-1], MonthlyCount.frozen.is_(False)))}
@@ -487,8 +492,10 @@ def recompute():
     except ValueError as error:
         flash(str(error), "error")
         return redirect(url_for("seats.counts_page"))
-    flash(f"{month:%B %Y} recomputed: {len(changes)} count(s) changed (see the audit log).", "success")
-    return redirect(url_for("seats.counts_page"))
+    flash(f"{month:%B %Y} recomputed: {len(changes)} count(s) changed (see the audit log). The next sync "
+          "pushes the new numbers.", "success")
+    back = request.form.get("next")
+    return redirect(_safe_next(back) if back else url_for("seats.counts_page"))
 
 
 # --- CSV import -------------------------------------------------------------------------------------
@@ -529,9 +536,10 @@ def _import_state(import_id: str) -> dict:
 @bp.get("/seats/import/<import_id>")
 def import_status(import_id: str):
     state = _import_state(import_id)
+    closed_months = [dt.date.fromisoformat(m) for m in state.get("closed_months", [])]
     if htmx and htmx.target == "import-progress":
-        return render_template("seats/_import_progress.html", state=state)
-    return render_template("seats/import_status.html", state=state)
+        return render_template("seats/_import_progress.html", state=state, closed_months=closed_months)
+    return render_template("seats/import_status.html", state=state, closed_months=closed_months)
 
 
 @bp.post("/seats/import/<import_id>/commit")
