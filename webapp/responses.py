@@ -17,10 +17,13 @@ Fragment = Callable[[], str] | str
 
 
 def htmx_answer(fragment: Fragment, *, fallback: str | None = None, message: str | None = None,
-                category: str = "success", trigger: str | None = None, status: int = 200) -> Response:
+                category: str = "success", trigger: str | None = None, status: int = 200,
+                retarget: str | None = None) -> Response:
     """`fragment` (rendered lazily when callable) for HTMX; flash `message` and redirect to `fallback` otherwise.
 
     Without a `fallback` the fragment is the answer for both (e.g. a page or an error page).
+    `retarget` (a CSS selector) puts the fragment inside that element instead of the request's target,
+    e.g. a message next to a form that must keep what the user typed.
     """
     if not htmx and fallback is not None:
         if message:
@@ -29,4 +32,7 @@ def htmx_answer(fragment: Fragment, *, fallback: str | None = None, message: str
     response = make_response(fragment() if callable(fragment) else fragment, status)
     if trigger and htmx:
         response.headers["HX-Trigger"] = trigger
+    if retarget and htmx:
+        response.headers["HX-Retarget"] = retarget
+        response.headers["HX-Reswap"] = "innerHTML"
     return response

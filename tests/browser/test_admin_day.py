@@ -293,3 +293,22 @@ def test_late_seats_for_a_closed_month_are_announced_and_pushed_after_recompute(
     assert pushed_quantity(psa_sim) == before + 1
     with live_server.app.app_context():
         assert db.session.scalar(db.select(AuditEvent).filter_by(kind="counts.recomputed")) is not None
+
+
+def test_a_failed_authenticate_keeps_what_was_typed_and_saved_secrets_stay_saved(live_server, page, psa_sim):
+    with live_server.app.app_context():
+        seed_demo_data()
+        connect("autotask", psa_sim)
+    live_server.login(page, "admin")
+    page.goto(f"{live_server.url}/integrations/autotask/")
+    credentials = page.locator("#credentials")
+    expect(credentials.locator(".status", has_text="saved")).to_have_count(2)
+    typed = {"Username": "someone-else@seatsync.test", "Password": "not-the-secret",
+             "API Tracking Identifier": "RETYPEDTRACKINGID"}
+    for label, value in typed.items():
+        page.get_by_label(label, exact=True).fill(value)
+    page.get_by_role("button", name="Authenticate").click()
+    expect(credentials.get_by_role("alert")).to_contain_text("did not accept these credentials")
+    for label, value in typed.items():
+        expect(page.get_by_label(label, exact=True)).to_have_value(value)
+    expect(credentials.locator(".status", has_text="saved")).to_have_count(2)  # the saved ones were kept

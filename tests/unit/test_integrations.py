@@ -45,7 +45,8 @@ def test_wrong_credentials_show_the_psas_reason_in_place_and_save_nothing(kind, 
     form = sim_credentials(kind, psa_sim) | {SECRET_FIELD[kind]: "wrong-secret"}
     response = client.post(f"/integrations/{kind}/credentials", data=form, headers=HX)
     assert response.status_code == 200
-    assert 'id="settings"' in response.text and "<html" not in response.text  # the in-place partial
+    # Only the message, next to the form: the form keeps what was typed.
+    assert response.headers["HX-Retarget"] == "#auth-result" and "<form" not in response.text
     assert 'class="banner banner-error" role="alert"' in response.text
     assert "did not accept these credentials" in response.text and "What to do:" in response.text
     assert "wrong-secret" not in response.text

@@ -371,6 +371,15 @@ def settings_page(kind: str):
                            **settings_context(integration, refresh=request.args.get("refresh") == "products"))
 
 
+def authentication_failed(integration: Integration, error: PsaError, notices: list[str], typed: dict[str, str]):
+    """HTMX: only the message is swapped in, so every field keeps what was typed (secrets too, without
+    ever sending one back) and saved secrets still say "saved". Without JavaScript: the page again."""
+    if not htmx:
+        return render_settings(integration, auth_error=error, notices=notices, typed=typed)
+    return htmx_answer(render_template("integrations/_auth_result.html", **_context(
+        integration, auth_error=error, notices=notices)), retarget="#auth-result")
+
+
 @admin_only
 def authenticate(kind: str):
     """Check the typed credentials with the PSA's cheapest call; save them only when they work."""
@@ -389,7 +398,7 @@ def authenticate(kind: str):
             tenant = client.check_credentials()
     except PsaError as exc:
         db.session.rollback()
-        return render_settings(get_integration(kind), auth_error=exc, notices=notices, typed=typed)
+        return authentication_failed(get_integration(kind), exc, notices, typed)
     changed = save_credentials(integration, values)
     integration.credentials_status = "ok"
     integration.credentials_message = tenant or ""
