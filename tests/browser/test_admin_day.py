@@ -312,3 +312,51 @@ def test_a_failed_authenticate_keeps_what_was_typed_and_saved_secrets_stay_saved
     for label, value in typed.items():
         expect(page.get_by_label(label, exact=True)).to_have_value(value)
     expect(credentials.locator(".status", has_text="saved")).to_have_count(2)  # the saved ones were kept
+
+
+def add_run(integration, **outcome) -> SyncRun:
+    run = SyncRun(integration=integration, trigger="sync_now", state="finished", total=sum(outcome.values()),
+                  done=sum(outcome.values()), finished_at=dt.datetime.now(dt.UTC), **outcome)
+    db.session.add(run)
+    return run
+
+
+def test_tiles_and_dashboard_show_each_integrations_last_outcome_with_links(live_server, page, psa_sim):
+    with live_server.app.app_context():
+        seed_demo_data()
+        connectwise = connect("connectwise", psa_sim)
+        autotask = connect("autotask", psa_sim)
+        add_run(connectwise, in_sync=2, updated=1, needs_attention=1, errors=1)
+        add_run(autotask, in_sync=3)
+        db.session.commit()
+    mark_error(live_server, "connectwise", "Bluebird Logistics")
+    live_server.login(page, "billing")
+
+    page.goto(f"{live_server.url}/integrations/")
+    tile = page.get_by_role("article").filter(has=page.get_by_role("heading", name="ConnectWise Manage"))
+    expect(tile).to_contain_text("in sync 2")
+    expect(tile).to_contain_text("updated 1")
+    expect(page.get_by_role("article").filter(has=page.get_by_role("heading", name="Autotask"))).to_contain_text(
+        "in sync 3")
+    screenshot(page, "integrations-tiles")
+    tile.get_by_role("link", name="errors 1").click()
+    expect(page).to_have_url(re.compile(r"/integrations/connectwise/companies\?filter=error"))
+    expect(page.get_by_label("Show")).to_have_value("error")
+    expect(page.locator("#company-table").get_by_role("rowheader", name="Bluebird Logistics")).to_be_visible()
+
+    page.goto(f"{live_server.url}/")
+    expect(page.get_by_role("columnheader", name="Errors")).to_be_visible()
+    expect(page.get_by_role("row", name=re.compile("^ConnectWise Manage"))).to_contain_text("needs attention 1")
+    screenshot(page, "dashboard")
+    page.get_by_role("link", name="1 companies needing attention").click()
+    expect(page).to_have_url(re.compile(r"/integrations/connectwise/companies\?filter=error"))
+
+    page.goto(f"{live_server.url}/integrations/connectwise/")
+    page.get_by_role("navigation", name="ConnectWise Manage sections").get_by_role("link", name="Sync runs").click()
+    expect(page.get_by_role("heading", name="ConnectWise Manage sync runs")).to_be_visible()
+    runs = page.locator("table.runs tbody tr")
+    expect(runs).to_have_count(1)
+    expect(runs).to_contain_text("ConnectWise Manage")
+    page.get_by_label("PSA").select_option("")
+    page.get_by_role("button", name="Show").click()
+    expect(runs).to_have_count(2)

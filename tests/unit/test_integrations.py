@@ -35,7 +35,7 @@ def test_available_integrations_shows_a_tile_per_psa_with_its_state(psa_app, psa
     page = client.get("/integrations/").text
     assert "Available Integrations" in page
     assert "ConnectWise Manage" in page and "Autotask" in page and "Kaseya BMS" in page
-    assert "Connected" in page and "Credentials failing" in page and "Not set up" in page
+    assert "connected" in page and "credentials failing" in page and "not set up" in page
     assert "The API keys were rejected" in page
 
 

@@ -269,7 +269,7 @@ def _context(integration: Integration, **extra) -> dict[str, Any]:
         "display_status": display_status,
         "live_statuses": LIVE_STATUSES,
         "live_run_states": LIVE_RUN_STATES,
-        "runs_url": url_for("runs.index") if "runs.index" in current_app.view_functions else None,
+        "runs_url": url_for("runs.index", psa=kind) if "runs.index" in current_app.view_functions else None,
         "org_timezone": org_zone().key,
         **extra,
     }
@@ -350,15 +350,16 @@ def index():
             continue
         integration = existing.get(kind)
         if integration is None or not integration.has_credentials:
-            state, label = "never-synced", "Not set up"
+            state = "not set up"
         elif integration.credentials_status == "failing":
-            state, label = "failing", "Credentials failing"
+            state = "credentials failing"
         elif integration.enabled:
-            state, label = "ok", "Connected"
+            state = "connected"
         else:
-            state, label = "disabled", "Disabled"
+            state = "disabled"
         tiles.append({"kind": kind, "name": display_name(kind), "integration": integration, "state": state,
-                      "label": label, "url": url_for(f"{kind}.page")})
+                      "run": latest_run(integration) if integration is not None else None,
+                      "url": url_for(f"{kind}.page")})
     return render_template("integrations/index.html", tiles=tiles)
 
 
