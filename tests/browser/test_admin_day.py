@@ -16,6 +16,7 @@ from webapp.cli import seed_demo_data
 from webapp.connections import get_integration
 from webapp.extensions import db
 from webapp.models import (
+    ApiToken,
     AuditEvent,
     Company,
     CompanyMapping,
@@ -336,7 +337,7 @@ def test_tiles_and_dashboard_show_each_integrations_last_outcome_with_links(live
     tile = page.get_by_role("article").filter(has=page.get_by_role("heading", name="ConnectWise Manage"))
     expect(tile).to_contain_text("in sync 2")
     expect(tile).to_contain_text("updated 1")
-    expect(page.get_by_role("article").filter(has=page.get_by_role("heading", name="Autotask"))).to_contain_text(
+    expect(page.get_by_role("article").filter(has=page.get_by_role("heading", name="Autotask PSA"))).to_contain_text(
         "in sync 3")
     screenshot(page, "integrations-tiles")
     tile.get_by_role("link", name="errors 1").click()
@@ -360,3 +361,27 @@ def test_tiles_and_dashboard_show_each_integrations_last_outcome_with_links(live
     page.get_by_label("PSA").select_option("")
     page.get_by_role("button", name="Show").click()
     expect(runs).to_have_count(2)
+
+
+def test_a_new_api_token_can_be_copied_and_revoking_one_asks_first(live_server, page):
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    live_server.login(page, "admin")
+    page.goto(f"{live_server.url}/settings")
+    tokens = page.locator("#api-tokens")
+    tokens.get_by_label("Token name").fill("Vendor portal sync")
+    tokens.get_by_role("button", name="Create token").click()
+    shown = page.locator("#new-token").inner_text()
+    page.locator("#api-tokens").get_by_role("button", name="Copy").click()
+    expect(page.locator("#api-tokens").get_by_role("button", name="Copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == shown
+
+    questions: list[str] = []
+    page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.dismiss()))
+    page.locator("#api-tokens").get_by_role("button", name="Revoke").click()
+    assert "Revoke the API token Vendor portal sync?" in questions[0]
+    page.wait_for_timeout(500)  # time for a (wrongly) submitted form to land
+    with live_server.app.app_context():
+        assert db.session.scalar(db.select(ApiToken)).revoked_at is None  # dismissed: nothing was revoked
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#api-tokens").get_by_role("button", name="Revoke").click()
+    expect(page.locator("#api-tokens .status")).to_contain_text("revoked")

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.browser
 
 PSAS = {
     "connectwise": ("ConnectWise Manage", "ConnectWise Manage Site", "Private Key"),
-    "autotask": ("Autotask", None, "Password"),
+    "autotask": ("Autotask PSA", None, "Password"),
     "kaseya_bms": ("Kaseya BMS", "Hostname", "Password"),
 }
 HOST_FIELDS = {"connectwise": "site", "kaseya_bms": "hostname"}

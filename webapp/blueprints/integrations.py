@@ -452,6 +452,13 @@ def product_options(kind: str):
                            **_context(integration))
 
 
+def product_mapping_names(mappings) -> dict[str, str]:
+    """{SeatSync product: PSA product (#id)}: what the audit log shows, in words rather than ids."""
+    names = dict(db.session.execute(db.select(Product.id, Product.name)).all())
+    return {names.get(m.product_id, f"#{m.product_id}"): f"{m.psa_product_name or ''} (#{m.psa_product_id})".strip()
+            for m in mappings}
+
+
 def save_products(kind: str):
     integration = get_integration(kind)
     try:
@@ -459,7 +466,7 @@ def save_products(kind: str):
     except PsaError as exc:
         return render_settings(integration, products_save_error=exc)
     existing = {m.product_id: m for m in integration.product_mappings}
-    before = {str(m.product_id): m.psa_product_id for m in existing.values()}
+    before = product_mapping_names(existing.values())
     products = db.session.scalars(db.select(Product).where(Product.active.is_(True))).all()
     for product in products:
         chosen = (request.form.get(f"product-{product.id}") or "").strip()
@@ -476,8 +483,8 @@ def save_products(kind: str):
         mapping.psa_product_id = chosen
         mapping.psa_product_name = names.get(chosen, mapping.psa_product_name)
     db.session.flush()
-    after = {str(m.product_id): m.psa_product_id
-             for m in db.session.scalars(db.select(ProductMapping).filter_by(integration_id=integration.id))}
+    after = product_mapping_names(db.session.scalars(
+        db.select(ProductMapping).filter_by(integration_id=integration.id)))
     if after != before:
         audit.record("integration.product_mappings", kind, f"{display_name(kind)} product mappings saved",
                      before=before, after=after)
