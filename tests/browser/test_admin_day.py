@@ -385,3 +385,37 @@ def test_a_new_api_token_can_be_copied_and_revoking_one_asks_first(live_server, 
     page.once("dialog", lambda dialog: dialog.accept())
     page.locator("#api-tokens").get_by_role("button", name="Revoke").click()
     expect(page.locator("#api-tokens .status")).to_contain_text("revoked")
+
+
+SCREENS = {  # docs/screenshots/NAME.png: the main screens at 1280 px (README)
+    "dashboard": "/",
+    "integration-tiles": "/integrations/",
+    "company-mapping": "/integrations/connectwise/companies",
+    "monthly-counts": "/counts",
+}
+
+
+def test_every_main_screen_fits_1280px_without_scrolling_sideways(live_server, page, psa_sim):
+    with live_server.app.app_context():
+        seed_demo_data()
+        integration = connect("connectwise", psa_sim)
+        product = db.session.scalar(db.select(Product).filter_by(name="Password Manager Business"))
+        integration.product_mappings.append(ProductMapping(product_id=product.id, psa_product_id="101",
+                                                           psa_product_name=product.name))
+        for name, psa_id, agreement in (("Acme Dental", "105", "106"), ("Bluebird Logistics", "1", "2")):
+            db.session.add(CompanyMapping(integration=integration, company=company(name), psa_company_id=psa_id,
+                                          psa_company_name=name, agreement_id=agreement,
+                                          agreement_name=f"{name} — Managed Services"))
+        db.session.commit()
+        counts.freeze_month(counts.previous_month(counts.current_month()))
+    page.set_viewport_size({"width": 1280, "height": 900})
+    live_server.login(page, "admin")
+    page.goto(f"{live_server.url}/integrations/connectwise/companies")
+    page.locator("#sync-progress").get_by_role("button", name="Sync now").click()
+    expect(page.locator("#sync-progress")).to_contain_text("Last sync finished", timeout=SYNC_TIMEOUT)
+    with live_server.app.app_context():
+        screens = {**SCREENS, "sync-run": f"/runs/{db.session.scalar(db.select(SyncRun.id))}"}
+    for name, path in screens.items():
+        page.goto(f"{live_server.url}{path}")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280, name
+        screenshot(page, f"1280-{name}")
