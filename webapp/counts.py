@@ -293,6 +293,29 @@ def freeze_month(month: dt.date, now: dt.datetime | None = None) -> int:
     return written
 
 
+CLOSED_MONTHS_WATCHED = 12  # how far back a late change is looked for (the months the counts page shows)
+
+
+def drifted_closed_months(company_ids=None, now: dt.datetime | None = None) -> list[dt.date]:
+    """Frozen months (of the last CLOSED_MONTHS_WATCHED) whose snapshot no longer matches the seats: a
+    late import, API call or manual edit changed them. Only an explicit recompute_month() moves the
+    snapshot (and so what the next sync pushes); these are the months to offer it for. Newest first."""
+    this_month = current_month(now)
+    drifted = []
+    for back in range(1, CLOSED_MONTHS_WATCHED + 1):
+        month = add_months(this_month, -back)
+        if not month_is_frozen(month):
+            continue
+        live = {pair: n for pair, n in compute_counts(month, company_ids, now=now).items() if n}
+        frozen = {(c, p): n for c, p, n in db.session.execute(_pair_filter(
+            select(MonthlyCount.company_id, MonthlyCount.product_id, MonthlyCount.count)
+            .where(MonthlyCount.month == month, MonthlyCount.frozen, MonthlyCount.count != 0),
+            MonthlyCount, company_ids, None))}
+        if live != frozen:
+            drifted.append(month)
+    return drifted
+
+
 def _labels(pairs) -> dict[Pair, str]:
     company_ids = {c for c, _ in pairs}
     product_ids = {p for _, p in pairs}

@@ -5,8 +5,9 @@ Rows are upserted by company + product + user e-mail, so importing the same file
 Seats that are not in the file are left alone (an import adds and corrects, it never deletes).
 
 Companies are found by company_external_id when given, else by name (case and surrounding spaces
-ignored); unknown companies are created. Products must already exist: a product is a billing
-decision, so a typo in the file must not create one.
+ignored); products by name (case and surrounding spaces ignored). Unknown companies and products are
+created with the import, all or nothing; the preview lists each of them by name, so a typo shows up
+there before anything is written.
 
 Dates are `YYYY-MM-DD` (midnight in the organisation's time zone) or `YYYY-MM-DD HH:MM[:SS]`
 (organisation time) optionally with `Z` or a UTC offset.
@@ -73,6 +74,7 @@ class ImportPlan:
     errors: list[RowError] = field(default_factory=list)
     rows: int = 0
     new_companies: list[dict] = field(default_factory=list)  # {"key", "name", "external_id"}
+    new_products: list[dict] = field(default_factory=list)  # {"key", "name"}
     company_updates: list[dict] = field(default_factory=list)  # {"id", "name", "external_id", "was"}
     new_seats: list[dict] = field(default_factory=list)  # company_key or company_id, product_id, ...
     seat_updates: list[dict] = field(default_factory=list)  # {"id", changed fields..., "was"}
@@ -85,13 +87,18 @@ class ImportPlan:
 
     @property
     def changes(self) -> int:
-        return len(self.new_companies) + len(self.company_updates) + len(self.new_seats) + len(self.seat_updates)
+        return (len(self.new_companies) + len(self.new_products) + len(self.company_updates) + len(self.new_seats)
+                + len(self.seat_updates))
 
     def summary(self) -> dict:
         return {
             "rows": self.rows,
             "errors": [e.as_dict() for e in self.errors],
             "new_companies": len(self.new_companies),
+            "new_products": len(self.new_products),
+            # Named in the preview: what the import will create (first MAX_SAMPLES of each).
+            "new_company_names": [c["name"] for c in self.new_companies[:MAX_SAMPLES]],
+            "new_product_names": [p["name"] for p in self.new_products[:MAX_SAMPLES]],
             "updated_companies": len(self.company_updates),
             "new_seats": len(self.new_seats),
             "updated_seats": len(self.seat_updates),
@@ -254,9 +261,10 @@ def validate(data: bytes, progress: Progress | None = None, tz: ZoneInfo | None 
     if names is None:
         return plan
 
-    products = {}
+    products: dict[str, int | str] = {}  # name -> id, or a new product's key
     for pid, pname in db.session.execute(select(Product.id, Product.name)):
         products[pname.strip().lower()] = pid
+    new_products: dict[str, dict] = {}
     companies = _Companies()
     rows: dict[tuple, dict] = {}  # (company id or key, product id, email) -> seat values
     first_line: dict[tuple, int] = {}
@@ -292,8 +300,9 @@ def validate(data: bytes, progress: Progress | None = None, tz: ZoneInfo | None 
             if len(row.get(column, "")) > 255:
                 bad(column, f"{column} is longer than 255 characters")
         product_id = products.get(row.get("product", "").lower())
-        if row.get("product") and product_id is None:
-            bad("product", f"unknown product {row['product']!r} (create it under Products first)")
+        if row.get("product") and product_id is None and len(row["product"]) <= 255:
+            product_id = products[row["product"].lower()] = f"product:{row['product'].lower()}"
+            new_products[product_id] = {"key": product_id, "name": row["product"]}
         email = None
         if row.get("user_email"):
             try:
@@ -340,6 +349,9 @@ def validate(data: bytes, progress: Progress | None = None, tz: ZoneInfo | None 
         return plan
 
     plan.new_companies = list(companies.new.values())
+    plan.new_products = list(new_products.values())
+    for new in plan.new_products:
+        plan.sample(f"New product {new['name']!r}")
     plan.company_updates = list(companies.updates.values())
     for change in plan.company_updates:
         was = change["was"]
@@ -354,7 +366,7 @@ def validate(data: bytes, progress: Progress | None = None, tz: ZoneInfo | None 
 
 
 def _plan_seats(plan: ImportPlan, rows: dict[tuple, dict]) -> None:
-    existing_ids = sorted({c for c, _p, _e in rows if isinstance(c, int)})
+    existing_ids = sorted({c for c, p, _e in rows if isinstance(c, int) and isinstance(p, int)})
     existing = {}
     for index in range(0, len(existing_ids), CHUNK):
         chunk = existing_ids[index:index + CHUNK]
@@ -399,6 +411,12 @@ def apply(plan: ImportPlan, filename: str = "", actor: str | None = None, progre
     if plan.changes == 0:
         return summary
     try:
+        product_ids = {}
+        for new in plan.new_products:
+            product = Product(name=new["name"])
+            db.session.add(product)
+            db.session.flush()
+            product_ids[new["key"]] = product.id
         company_ids = {}
         for new in plan.new_companies:
             company = Company(name=new["name"], external_id=new["external_id"])
@@ -413,7 +431,8 @@ def apply(plan: ImportPlan, filename: str = "", actor: str | None = None, progre
         for index in range(0, len(plan.new_seats), CHUNK):
             chunk = plan.new_seats[index:index + CHUNK]
             db.session.execute(insert(Seat), [
-                {"company_id": company_ids.get(s["company"], s["company"]), "product_id": s["product_id"],
+                {"company_id": company_ids.get(s["company"], s["company"]),
+                 "product_id": product_ids.get(s["product_id"], s["product_id"]),
                  "user_email": s["user_email"], "active_from": s["active_from"], "active_to": s["active_to"],
                  "billable": s["billable"], "updated_at": now} for s in chunk])
             done += len(chunk)
@@ -430,6 +449,7 @@ def apply(plan: ImportPlan, filename: str = "", actor: str | None = None, progre
             target=filename or "CSV import",
             summary=(f"{plan.rows} rows: {len(plan.new_seats)} new seats, {len(plan.seat_updates)} changed, "
                      f"{plan.unchanged} unchanged; {len(plan.new_companies)} new companies, "
+                     f"{len(plan.new_products)} new products, "
                      f"{len(plan.company_updates)} companies updated"),
             after={k: v for k, v in summary.items() if k not in ("errors", "samples")},
             actor=actor,
@@ -548,10 +568,13 @@ def commit_job(import_id: str) -> str:
         write_state(import_id, status="failed", percent=100,
                     step=f"The import failed and nothing was imported ({error.__class__.__name__})")
         raise
+    from .counts import drifted_closed_months
     from .queue import get_redis
 
     get_redis().delete(_key(import_id, "data"))
-    write_state(import_id, status="done", percent=100, result=summary, step="Imported")
+    # Closed months the file changed: the page names them and offers their recompute.
+    closed = [m.isoformat() for m in drifted_closed_months()] if plan.changes else []
+    write_state(import_id, status="done", percent=100, result=summary, step="Imported", closed_months=closed)
     if plan.changes:
         from .counts import compute_counts_job
         from .queue import enqueue

@@ -60,12 +60,12 @@ def test_a_file_with_a_bad_row_shows_every_problem_and_imports_nothing(live_serv
     products(live_server)
     live_server.login(page, "billing")
     path = tmp_path / "bad.csv"
-    path.write_text(CSV + "Acme Dental,acme,Nope,dan@acme.example,2025-02-30,,\n")
+    path.write_text(CSV + "Acme Dental,acme,Endpoint Backup,dan@acme.example,2025-02-30,,nope\n")
     page.goto(f"{live_server.url}/seats/import")
     page.get_by_label("CSV file").set_input_files(str(path))
     page.get_by_role("button", name="Check the file").click()
     expect(page.get_by_role("alert")).to_contain_text("Nothing was imported: 2 problem(s)")
-    expect(page.locator(".import-errors")).to_contain_text("unknown product 'Nope'")
+    expect(page.locator(".import-errors")).to_contain_text("bad billable value 'nope'")
     expect(page.get_by_role("button", name="Import these changes")).to_have_count(0)
     screenshot(page, "seats-import-errors")
     with live_server.app.app_context():

@@ -180,3 +180,20 @@ def test_an_unknown_api_path_answers_json_not_a_page(client):
     response = client.get("/api/v1/no-such-thing")
     assert response.status_code == 404
     assert response.is_json and response.json["error"] == "not_found"
+
+
+def test_a_seat_sent_late_for_a_frozen_month_names_that_month_for_recompute(client, acme, pm):
+    closed = counts.previous_month(counts.current_month())
+    db.session.add(Seat(company=acme, product=pm, user_email="early@acme.example",
+                        active_from=dt.datetime.combine(counts.add_months(closed, -1), dt.time(), dt.UTC)))
+    db.session.commit()
+    counts.freeze_month(closed)
+    late = {"company_external_id": "acme", "product": "Password Manager", "user_email": "late@acme.example",
+            "active_from": f"{closed.isoformat()}T12:00:00Z"}
+    response = client.post("/api/v1/seats", json={"seats": [late]}, headers=token())
+    assert response.json["closed_months_affected"] == [closed.strftime("%Y-%m")]
+    assert response.headers["SeatSync-Closed-Months-Affected"] == closed.strftime("%Y-%m")
+    current = {**late, "user_email": "now@acme.example", "active_from": dt.datetime.now(dt.UTC).isoformat()}
+    counts.recompute_month(closed)
+    response = client.post("/api/v1/seats", json=current, headers=token())
+    assert response.status_code == 201 and "SeatSync-Closed-Months-Affected" not in response.headers

@@ -11,7 +11,7 @@ def test_dashboard_names_each_psa_and_links_to_its_page_and_runs(client, login_a
     db.session.add(SyncRun(integration_id=integration.id, trigger="sync_now", state="finished", total=3, done=3))
     db.session.commit()
     page = client.get("/").text
-    assert '<a href="/integrations/autotask/">Autotask</a>' in page
+    assert '<a href="/integrations/autotask/">Autotask PSA</a>' in page
     assert "The API user or secret was rejected" in page
     assert "/runs/" in page and "3 of 3" in page and "sync now" in page
 

@@ -78,7 +78,7 @@ def test_one_bad_row_imports_nothing_and_every_bad_row_is_listed(products):
     bad = HEADER + (
         "Acme Dental,acme,Password Manager,ann@acme.example,2025-01-01,,true\n"  # line 2 good
         "Acme Dental,acme,Password Manager,bob@acme.example,31/01/2025,,true\n"  # 3 bad date
-        "Acme Dental,acme,Pasword Manager,carl@acme.example,2025-01-01,,true\n"  # 4 unknown product
+        "Acme Dental,acme,Password Manager,carl@acme.example,2025-01-01,,nah\n"  # 4 bad billable
         "Acme Dental,acme,Password Manager,dan@acme.example,2025-02-01,2025-01-01,true\n"  # 5 to before from
         "Acme Dental,acme,Password Manager,ANN@acme.example,2025-01-01,,true\n"  # 6 duplicate of 2
         "Acme Dental,acme,Password Manager,not-an-email,2025-01-01,,true\n"  # 7 bad e-mail
@@ -90,7 +90,7 @@ def test_one_bad_row_imports_nothing_and_every_bad_row_is_listed(products):
     assert [line for line, _ in found] == [3, 4, 5, 6, 7, 8, 9, 10]
     reasons = dict(found)
     assert "bad date '31/01/2025'" in reasons[3]
-    assert "unknown product 'Pasword Manager'" in reasons[4]
+    assert "bad billable value 'nah'" in reasons[4]
     assert "before active_from" in reasons[5]
     assert "duplicate row" in reasons[6] and "line 2" in reasons[6]
     assert "bad e-mail 'not-an-email'" in reasons[7]
@@ -103,7 +103,7 @@ def test_one_bad_row_imports_nothing_and_every_bad_row_is_listed(products):
 
 
 def test_apply_refuses_a_plan_with_errors(products):
-    plan = seats_import.validate((HEADER + "Acme,,Nope,a@b.example,2025-01-01,,\n").encode())
+    plan = seats_import.validate((HEADER + "Acme,,Password Manager,a@b.example,2025-01-01,,maybe\n").encode())
     with pytest.raises(ValueError):
         seats_import.apply(plan)
 
@@ -192,3 +192,27 @@ def test_progress_is_reported_for_large_files(products, monkeypatch):
     plan = seats_import.import_file((HEADER + rows).encode(), progress=lambda done, total: seen.append((done, total)))
     assert plan.ok and len(seen) >= 10 and seen[-1][0] == seen[-1][1]
     assert counts_of_rows() == (1, 100)
+
+
+def test_an_import_creates_the_products_it_names_and_lists_them_in_its_preview(products):
+    text = GOOD + ("Acme Dental,acme,Email Security,ann@acme.example,2025-01-01,,true\n"
+                   "Delta Architects,delta,email security ,dan@delta.example,2025-01-01,,true\n")
+    plan = seats_import.validate(text.encode())
+    assert plan.ok
+    summary = plan.summary()
+    assert summary["new_product_names"] == ["Email Security"]  # once, however it is spelled in the file
+    assert summary["new_company_names"] == ["Acme Dental", "Cedar Law", "Delta Architects"]
+    assert db.session.query(Product).count() == 2  # a preview writes nothing
+    seats_import.apply(plan)
+    email = db.session.scalar(db.select(Product).filter_by(name="Email Security"))
+    assert {s.user_email for s in db.session.scalars(db.select(Seat).filter_by(product_id=email.id))} == {
+        "ann@acme.example", "dan@delta.example"}
+
+
+def test_an_import_that_fails_midway_creates_no_product_and_no_company(products, monkeypatch):
+    text = GOOD + "Delta Architects,delta,Email Security,dan@delta.example,2025-01-01,,true\n"
+    plan = seats_import.validate(text.encode())
+    monkeypatch.setattr(seats_import, "insert", lambda *_: (_ for _ in ()).throw(RuntimeError("disk full")))
+    with pytest.raises(RuntimeError):
+        seats_import.apply(plan)
+    assert db.session.query(Product).count() == 2 and counts_of_rows() == (0, 0)

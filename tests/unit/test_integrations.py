@@ -36,8 +36,8 @@ def test_available_integrations_shows_a_tile_per_psa_with_its_state(psa_app, psa
     db.session.commit()
     page = client.get("/integrations/").text
     assert "Available Integrations" in page
-    assert "ConnectWise Manage" in page and "Autotask" in page and "Kaseya BMS" in page
-    assert "Connected" in page and "Credentials failing" in page and "Not set up" in page
+    assert "ConnectWise Manage" in page and "Autotask PSA" in page and "Kaseya BMS" in page
+    assert "connected" in page and "credentials failing" in page and "not set up" in page
     assert "The API keys were rejected" in page
 
 
@@ -47,7 +47,8 @@ def test_wrong_credentials_show_the_psas_reason_in_place_and_save_nothing(kind, 
     form = sim_credentials(kind, psa_sim) | {SECRET_FIELD[kind]: "wrong-secret"}
     response = client.post(f"/integrations/{kind}/credentials", data=form, headers=HX)
     assert response.status_code == 200
-    assert 'id="settings"' in response.text and "<html" not in response.text  # the in-place partial
+    # Only the message, next to the form: the form keeps what was typed.
+    assert response.headers["HX-Retarget"] == "#auth-result" and "<form" not in response.text
     assert 'class="banner banner-error" role="alert"' in response.text
     assert "did not accept these credentials" in response.text and "What to do:" in response.text
     assert "wrong-secret" not in response.text
@@ -174,7 +175,8 @@ def test_products_map_to_live_psa_products_or_services(kind, psa_app, psa_sim, c
     mapping = db.session.scalar(db.select(ProductMapping))
     assert (mapping.product_id, mapping.psa_product_id, mapping.psa_product_name) == (product.id, psa_id,
                                                                                      "Endpoint Backup")
-    assert db.session.scalar(db.select(AuditEvent).filter_by(kind="integration.product_mappings"))
+    event = db.session.scalar(db.select(AuditEvent).filter_by(kind="integration.product_mappings"))
+    assert event.after == {"Endpoint Backup": f"Endpoint Backup (#{psa_id})"}  # names, not bare ids
 
 
 def test_the_product_list_is_cached_briefly_and_refreshable(psa_app, psa_sim, client, login_as):

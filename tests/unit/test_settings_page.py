@@ -50,7 +50,7 @@ def test_a_time_zone_that_is_not_an_iana_name_is_refused(client, login_as, timez
 def test_an_api_token_is_shown_once_listed_by_prefix_and_revocable(client, login_as):
     login_as("admin")
     page = client.post("/settings/tokens", data={"name": "Vendor portal", "scope": "write"})
-    token = re.search(r'<code class="secret-once">([^<]+)</code>', page.text).group(1)
+    token = re.search(r'<code class="secret-once" id="new-token">([^<]+)</code>', page.text).group(1)
     row = db.session.scalar(db.select(ApiToken))
     assert row.token_hash == ApiToken.hash(token) and row.scope == "write" and row.allows("write")
     listing = client.get("/settings").text

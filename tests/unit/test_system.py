@@ -64,3 +64,20 @@ def test_retrying_an_unknown_job_is_a_404(client, login_as):
 def test_only_admins_see_the_queue(client, login_as, role):
     login_as(role)
     assert client.get("/system/queue").status_code == 403
+
+
+def test_a_failed_database_job_shows_its_error_not_sqlalchemys_background_link():
+    from webapp.blueprints.system import error_line
+
+    traceback = (
+        "Traceback (most recent call last):\n"
+        '  File "/app/webapp/counts.py", line 12, in compute\n'
+        "    db.session.execute(query)\n"
+        'sqlalchemy.exc.OperationalError: (psycopg.OperationalError) connection to server failed\n'
+        "[SQL: SELECT 1]\n"
+        "(Background on this error at: https://sqlalche.me/e/20/e3q8)\n"
+    )
+    assert error_line(traceback) == ("sqlalchemy.exc.OperationalError: (psycopg.OperationalError) "
+                                     "connection to server failed")
+    assert error_line("Traceback (most recent call last):\n  File \"x\", line 1\nRuntimeError: no") == \
+        "RuntimeError: no"

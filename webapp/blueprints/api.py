@@ -428,11 +428,22 @@ def upsert_seats():
         audit.record("seats.upserted", "API", f"{created_count} new seat(s), {changed_count} changed",
                      after={"new": created_count, "changed": changed_count}, actor=_actor())
     db.session.commit()
+    closed = _closed_months_affected({s.company_id for s, _ in results}) if created_count or changed_count else []
     if batch:
         return jsonify({"data": [seat_json(s) for s, _ in results], "created": created_count,
-                        "updated": changed_count}), 200
+                        "updated": changed_count, "closed_months_affected": closed}), 200, _closed_header(closed)
     seat, created = results[0]
-    return jsonify(seat_json(seat)), 201 if created else 200
+    return jsonify(seat_json(seat)), 201 if created else 200, _closed_header(closed)
+
+
+def _closed_months_affected(company_ids) -> list[str]:
+    """Closed months ("YYYY-MM") whose frozen counts these companies' seats no longer match: an admin
+    recomputes them (Monthly counts offers it) so that the next sync pushes the new numbers."""
+    return [m.strftime("%Y-%m") for m in counts.drifted_closed_months(sorted(company_ids))]
+
+
+def _closed_header(closed: list[str]) -> dict[str, str]:
+    return {"SeatSync-Closed-Months-Affected": ",".join(closed)} if closed else {}
 
 
 @bp.post("/seats/<int:seat_id>/deactivate")
@@ -454,6 +465,7 @@ def deactivate_seat(seat_id: int):
         audit.record("seat.ended", f"{seat.company.name} / {seat.product.name} / {seat.user_email}",
                      before={"active_to": before}, after={"active_to": _when(end)}, actor=_actor())
         db.session.commit()
+        return jsonify(seat_json(seat)), 200, _closed_header(_closed_months_affected([seat.company_id]))
     return jsonify(seat_json(seat))
 
 

@@ -5,6 +5,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.http import HTTP_STATUS_CODES
 
 from ..extensions import htmx
+from ..responses import htmx_answer
 
 MESSAGES = {
     400: "The request could not be understood.",
@@ -27,9 +28,10 @@ def render_error(status: int, message: str | None = None):
         # The same error names as the API's own handler: "not_found", "request_entity_too_large", …
         error = HTTP_STATUS_CODES.get(status, f"http {status}").lower().replace(" ", "_")
         return jsonify(error=error, message=message), status
+    # HTMX: a banner fragment, swapped into #htmx-banners by base.html's htmx-config (responseHandling).
     template = "errors/_banner.html" if htmx else "errors/page.html"
-    response = render_template(template, status=status, message=message), status
-    return response
+    return htmx_answer(lambda: render_template(template, status=status, message=message,
+                                                       dismissible=bool(htmx)), status=status)
 
 
 def register(app: Flask) -> None:

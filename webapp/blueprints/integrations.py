@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, abort, current_app, flash, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import and_, func, or_
 
@@ -33,6 +33,7 @@ from ..models import Company, CompanyMapping, Integration, LineResult, Product, 
 from ..models._types import utcnow
 from ..psa_clients import PSA_KINDS, PsaError, ValidationFailed, client_class
 from ..queue import get_redis
+from ..responses import htmx_answer
 from ..security import admin_only, safe_next
 from ..sync import ACTIVE_RUN, BUSY, CompanyStatus, SyncUnavailable, mapping_edited, shown_status, unavailable_reason
 from ..sync import start_sync as engine_start_sync
@@ -263,7 +264,7 @@ def _context(integration: Integration, **extra) -> dict[str, Any]:
         "display_status": display_status,
         "live_statuses": LIVE_STATUSES,
         "live_run_states": LIVE_RUN_STATES,
-        "runs_url": url_for("runs.index") if "runs.index" in current_app.view_functions else None,
+        "runs_url": url_for("runs.index", psa=kind) if "runs.index" in current_app.view_functions else None,
         "org_timezone": org_zone().key,
         **extra,
     }
@@ -315,12 +316,14 @@ def render_settings(integration: Integration, **extra):
 
 
 def render_row(integration: Integration, company: Company, mapping: CompanyMapping | None, **extra):
+    extra.setdefault("blocker", sync_blocker(integration))
     return render_template("integrations/_company_row.html",
                            **_context(integration, company=company, mapping=mapping, **extra))
 
 
-def back_to_companies(integration: Integration):
-    return redirect(safe_next(request.form.get("next"), url_for(f"{integration.kind}.companies")))
+def companies_url(integration: Integration) -> str:
+    """Where a row action without JavaScript returns: the page (filter, search) it was pressed on."""
+    return safe_next(request.form.get("next"), url_for(f"{integration.kind}.companies"))
 
 
 def _company_or_404(company_id: int) -> Company:
@@ -342,15 +345,16 @@ def index():
             continue
         integration = existing.get(kind)
         if integration is None or not integration.has_credentials:
-            state, label = "never-synced", "Not set up"
+            state = "not set up"
         elif integration.credentials_status == "failing":
-            state, label = "failing", "Credentials failing"
+            state = "credentials failing"
         elif integration.enabled:
-            state, label = "ok", "Connected"
+            state = "connected"
         else:
-            state, label = "disabled", "Disabled"
+            state = "disabled"
         tiles.append({"kind": kind, "name": display_name(kind), "integration": integration, "state": state,
-                      "label": label, "url": url_for(f"{kind}.page")})
+                      "run": latest_run(integration) if integration is not None else None,
+                      "url": url_for(f"{kind}.page")})
     return render_template("integrations/index.html", tiles=tiles)
 
 
@@ -361,6 +365,15 @@ def settings_page(kind: str):
     integration = get_integration(kind)
     return render_template("integrations/page.html",
                            **settings_context(integration, refresh=request.args.get("refresh") == "products"))
+
+
+def authentication_failed(integration: Integration, error: PsaError, notices: list[str], typed: dict[str, str]):
+    """HTMX: only the message is swapped in, so every field keeps what was typed (secrets too, without
+    ever sending one back) and saved secrets still say "saved". Without JavaScript: the page again."""
+    if not htmx:
+        return render_settings(integration, auth_error=error, notices=notices, typed=typed)
+    return htmx_answer(render_template("integrations/_auth_result.html", **_context(
+        integration, auth_error=error, notices=notices)), retarget="#auth-result")
 
 
 @admin_only
@@ -381,7 +394,7 @@ def authenticate(kind: str):
             tenant = client.check_credentials()
     except PsaError as exc:
         db.session.rollback()
-        return render_settings(get_integration(kind), auth_error=exc, notices=notices, typed=typed)
+        return authentication_failed(get_integration(kind), exc, notices, typed)
     changed = save_credentials(integration, values)
     integration.credentials_status = "ok"
     integration.credentials_message = tenant or ""
@@ -434,6 +447,13 @@ def product_options(kind: str):
                            **_context(integration))
 
 
+def product_mapping_names(mappings) -> dict[str, str]:
+    """{SeatSync product: PSA product (#id)}: what the audit log shows, in words rather than ids."""
+    names = dict(db.session.execute(db.select(Product.id, Product.name)).all())
+    return {names.get(m.product_id, f"#{m.product_id}"): f"{m.psa_product_name or ''} (#{m.psa_product_id})".strip()
+            for m in mappings}
+
+
 def save_products(kind: str):
     integration = get_integration(kind)
     try:
@@ -441,7 +461,7 @@ def save_products(kind: str):
     except PsaError as exc:
         return render_settings(integration, products_save_error=exc)
     existing = {m.product_id: m for m in integration.product_mappings}
-    before = {str(m.product_id): m.psa_product_id for m in existing.values()}
+    before = product_mapping_names(existing.values())
     products = db.session.scalars(db.select(Product).where(Product.active.is_(True))).all()
     for product in products:
         chosen = (request.form.get(f"product-{product.id}") or "").strip()
@@ -458,18 +478,16 @@ def save_products(kind: str):
         mapping.psa_product_id = chosen
         mapping.psa_product_name = names.get(chosen, mapping.psa_product_name)
     db.session.flush()
-    after = {str(m.product_id): m.psa_product_id
-             for m in db.session.scalars(db.select(ProductMapping).filter_by(integration_id=integration.id))}
+    after = product_mapping_names(db.session.scalars(
+        db.select(ProductMapping).filter_by(integration_id=integration.id)))
     if after != before:
         audit.record("integration.product_mappings", kind, f"{display_name(kind)} product mappings saved",
                      before=before, after=after)
     db.session.commit()
     db.session.refresh(integration)
-    if not htmx:
-        flash("Product mappings saved.", "success")
-        return redirect(url_for(f"{kind}.page") + "#products")
-    context = _context(integration, **product_section(integration), products_saved=True)
-    return render_template("integrations/_products.html", **context)
+    return htmx_answer(lambda: render_template("integrations/_products.html", **_context(
+        integration, **product_section(integration), products_saved=True)),
+        fallback=url_for(f"{kind}.page") + "#products", message="Product mappings saved.")
 
 
 def scope_section_view(kind: str):
@@ -489,11 +507,9 @@ def save_scope(kind: str):
         integration.scope = after
         audit.record("integration.scope", kind, f"{display_name(kind)} PSA scope saved", before=before, after=after)
         db.session.commit()
-    if not htmx:
-        flash("PSA scope saved.", "success")
-        return redirect(url_for(f"{kind}.page") + "#scope")
-    return render_template("integrations/_scope.html", **_context(integration, **scope_section(integration),
-                                                                   scope_saved=True))
+    return htmx_answer(lambda: render_template("integrations/_scope.html", **_context(
+        integration, **scope_section(integration), scope_saved=True)),
+        fallback=url_for(f"{kind}.page") + "#scope", message="PSA scope saved.")
 
 
 def save_schedule(kind: str):
@@ -518,12 +534,11 @@ def save_schedule(kind: str):
             audit.record("integration.schedule", kind, f"{display_name(kind)} sync schedule saved",
                          before=before, after=after)
         db.session.commit()
-    if not htmx:
-        flash(error or "Sync schedule saved.", "error" if error else "success")
-        return redirect(url_for(f"{kind}.page") + "#schedule")
-    return render_template("integrations/_schedule.html", **_context(
+    return htmx_answer(lambda: render_template("integrations/_schedule.html", **_context(
         integration, next_run=next_run(integration), weekdays=WEEKDAYS, schedule_error=error,
-        schedule_saved=error is None, blocker=sync_blocker(integration), run=latest_run(integration)))
+        schedule_saved=error is None, blocker=sync_blocker(integration), run=latest_run(integration))),
+        fallback=url_for(f"{kind}.page") + "#schedule", message=error or "Sync schedule saved.",
+        category="error" if error else "success")
 
 
 def save_options(kind: str):
@@ -540,34 +555,29 @@ def save_options(kind: str):
         integration.options = after
         audit.record("integration.options", kind, f"{display_name(kind)} options saved", before=before, after=after)
         db.session.commit()
-    if not htmx:
-        flash("Options saved.", "success")
-        return redirect(url_for(f"{kind}.page") + "#options")
-    return render_template("integrations/_options.html", **_context(integration, options_saved=True))
+    return htmx_answer(lambda: render_template("integrations/_options.html",
+                                               **_context(integration, options_saved=True)),
+                       fallback=url_for(f"{kind}.page") + "#options", message="Options saved.")
 
 
 def sync_now(kind: str):
     integration = get_integration(kind)
     run, reason = start_sync(integration, "sync_now")
-    if not htmx:
-        flash(reason or "Sync started.", "error" if reason else "success")
-        return redirect(safe_next(request.form.get("next"), url_for(f"{kind}.page")))
-    response = make_response(render_template("integrations/_progress.html", **_context(
-        integration, run=run or latest_run(integration), blocker=sync_blocker(integration), sync_error=reason)))
-    if run is not None:
-        response.headers["HX-Trigger"] = "sync-started"  # the company table reloads once to show queued rows
-    return response
+    return htmx_answer(lambda: render_template("integrations/_progress.html", **_context(
+        integration, run=run or latest_run(integration), blocker=sync_blocker(integration), sync_error=reason)),
+        fallback=safe_next(request.form.get("next"), url_for(f"{kind}.page")), message=reason or "Sync started.",
+        category="error" if reason else "success",
+        trigger="sync-started" if run is not None else None)  # the company table reloads once to show queued rows
 
 
 def progress(kind: str):
     """The run's progress bar; polled every 2 s while the run is live, then returned without the trigger."""
     integration = get_integration(kind)
     run = latest_run(integration)
-    response = make_response(render_template("integrations/_progress.html", **_context(
-        integration, run=run, blocker=sync_blocker(integration))))
-    if htmx and (run is None or run.state not in LIVE_RUN_STATES):
-        response.headers["HX-Trigger"] = "sync-finished"  # polling stops here: show every row's final status
-    return response
+    finished = run is None or run.state not in LIVE_RUN_STATES
+    return htmx_answer(render_template("integrations/_progress.html", **_context(
+        integration, run=run, blocker=sync_blocker(integration))),
+        trigger="sync-finished" if finished else None)  # polling stops here: show every row's final status
 
 
 # --------------------------------------------------------------------------------------------------
@@ -711,10 +721,8 @@ def save_company(kind: str, company_id: int):
                      f"/ {mapping.agreement_name} in {display_name(kind)}", before=before,
                      after={"psa_company": mapping.psa_company_name, f"{words.agreement}": mapping.agreement_name})
     db.session.commit()
-    if not htmx:
-        flash(f"{company.name} mapped.", "success")
-        return back_to_companies(integration)
-    return render_row(integration, company, mapping)
+    return htmx_answer(lambda: render_row(integration, company, mapping), fallback=companies_url(integration),
+                       message=f"{company.name} mapped.")
 
 
 def exclude_company(kind: str, company_id: int):
@@ -726,9 +734,7 @@ def exclude_company(kind: str, company_id: int):
                  f"{company.name} {'excluded from' if mapping.excluded else 'included again in'} "
                  f"{display_name(kind)} syncs", after={"excluded": mapping.excluded})
     db.session.commit()
-    if not htmx:
-        return back_to_companies(integration)
-    return render_row(integration, company, mapping)
+    return htmx_answer(lambda: render_row(integration, company, mapping), fallback=companies_url(integration))
 
 
 def sync_company(kind: str, company_id: int):
@@ -743,10 +749,9 @@ def sync_company(kind: str, company_id: int):
     else:
         _run, reason = start_sync(integration, "row", mapping)
         db.session.refresh(mapping)
-    if not htmx:
-        flash(reason or f"Sync started for {company.name}.", "error" if reason else "success")
-        return back_to_companies(integration)
-    return render_row(integration, company, mapping, row_error=reason)
+    return htmx_answer(lambda: render_row(integration, company, mapping, row_error=reason),
+                       fallback=companies_url(integration), message=reason or f"Sync started for {company.name}.",
+                       category="error" if reason else "success")
 
 
 def company_details(kind: str, company_id: int):

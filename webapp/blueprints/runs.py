@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 
 from ..extensions import db, htmx
 from ..inputs import db_int, page_number
-from ..models import Company, CompanyMapping, LineResult, Product, SyncRun
+from ..models import Company, CompanyMapping, Integration, LineResult, Product, SyncRun
+from ..psa_clients import PSA_KINDS
 from ..sync import ACTIVE_RUN, LineAction, review_changes, verification_summary
 
 bp = Blueprint("runs", __name__, url_prefix="/runs")
@@ -33,10 +34,16 @@ def _run_or_404(run_id: int) -> SyncRun:
 
 @bp.get("/")
 def index():
+    """Every run, newest first; `psa` narrows it to one integration's runs (its "Sync runs" tab)."""
     page = request.args.get("page", 1, type=page_number)
+    psa = request.args.get("psa", "")
+    psa = psa if psa in PSA_KINDS else ""
     query = select(SyncRun).order_by(SyncRun.created_at.desc(), SyncRun.id.desc())
+    if psa:
+        query = query.join(Integration, Integration.id == SyncRun.integration_id).where(Integration.kind == psa)
     runs = db.session.scalars(query.offset((page - 1) * PER_PAGE).limit(PER_PAGE + 1)).all()
-    return render_template("runs/index.html", runs=runs[:PER_PAGE], page=page, has_next=len(runs) > PER_PAGE)
+    return render_template("runs/index.html", runs=runs[:PER_PAGE], page=page, has_next=len(runs) > PER_PAGE,
+                           psa=psa, psa_kinds=PSA_KINDS)
 
 
 def _companies(run: SyncRun, status: str = ""):

@@ -25,7 +25,7 @@ from ..extensions import db, htmx
 from ..inputs import accepts_upload, db_int_or_none, page_number
 from ..models import Company, CountOverride, MonthlyCount, Product, Seat
 from ..models.seats import COUNT_RULES
-from ..security import admin_only
+from ..security import admin_only, safe_next
 from .errors import render_error
 
 bp = Blueprint("seats", __name__, cli_group=None)
@@ -77,6 +77,20 @@ def _parse_local(value: str, field: str, required: bool = True) -> dt.datetime |
         return seats_import.parse_when(value, counts.org_timezone())
     except ValueError:
         raise ValueError(f"{field}: use YYYY-MM-DD or YYYY-MM-DD HH:MM") from None
+
+
+def _override_notes(company_ids, months) -> dict[tuple[int, int, dt.date], str]:
+    """{(company, product, month): note} of the overrides in these tables, so their cells are marked."""
+    if not company_ids:
+        return {}
+    return {(o.company_id, o.product_id, o.month): o.note for o in db.session.scalars(
+        select(CountOverride).where(CountOverride.company_id.in_(list(company_ids)), CountOverride.month.in_(months)))}
+
+
+def _month_columns(months: list[dt.date]) -> dict:
+    """Count tables show the newest month first, so the billed month and the month to date are in view."""
+    current = counts.current_month()
+    return {"columns": months[::-1], "current_month": current, "billed_month": counts.previous_month(current)}
 
 
 def _months(end: dt.date | None = None) -> list[dt.date]:
@@ -174,13 +188,19 @@ def _company_context(company: Company) -> dict:
     by_id = {p.id: p for p in products}
     rows = [{"product": by_id[pid], "values": [table[(company.id, pid)].get(m, 0) for m in months]}
             for pid in used if pid in by_id]
+    columns = _month_columns(months)
+    for row in rows:  # the table's cells, newest month first
+        row["cells"] = list(zip(columns["columns"], row["values"][::-1], strict=True))
     overrides = db.session.scalars(select(CountOverride).where(CountOverride.company_id == company.id)
                                    .order_by(CountOverride.month.desc())).all()
     return {
         "company": company, "seats": seats, "search": search, "products": products, "months": months,
         "count_rows": rows, "overrides": overrides, "rule_labels": RULE_LABELS,
         "chart": _chart({r["product"].name: r["values"] for r in rows}, months),
-        "now": dt.datetime.now(dt.UTC), "current_month": counts.current_month(),
+        "now": dt.datetime.now(dt.UTC), **columns,
+        "overridden": _override_notes([company.id], months),
+        "closed_months": counts.drifted_closed_months([company.id]),
+        "frozen": {m for m in months if counts.month_is_frozen(m)},
     }
 
 
@@ -330,7 +350,9 @@ def save_override(company_id: int):
                  f"Count set to {override.count} (computed {computed}): {override.note}",
                  before=before, after={"count": override.count, "note": override.note, "computed": computed})
     db.session.commit()
-    flash(f"{product.name} for {month:%B %Y} is now {override.count}.", "success")
+    flash(f"{product.name} for {month:%B %Y} is now {override.count}."
+          + (" That month is closed: the override replaces its frozen count, so the next sync of that month "
+             "pushes it." if counts.is_closed(month) else ""), "success")
     return redirect(url_for("seats.company", company_id=company.id))
 
 
@@ -413,15 +435,18 @@ def _counts_context():
     table = counts.month_table(months, company_ids=ids) if ids else {}
     products = {p.id: p for p in db.session.scalars(select(Product))}
     rows = []
+    columns = _month_columns(months)["columns"]
     for row in listing["page"]["items"]:
         pairs = sorted((pid for (cid, pid) in table if cid == row.id), key=lambda pid: products[pid].name)
-        per_product = [{"product": products[pid], "values": [table[(row.id, pid)].get(m, 0) for m in months]}
-                       for pid in pairs]
+        per_product = [{"product": products[pid], "values": [table[(row.id, pid)].get(m, 0) for m in months],
+                        "cells": [(m, table[(row.id, pid)].get(m, 0)) for m in columns]} for pid in pairs]
         totals = [sum(p["values"][i] for p in per_product) for i in range(len(months))]
         rows.append({"company": row, "products": per_product, "spark": _sparkline(totals)})
     totals = counts.month_totals(months)
-    return {**listing, "months": months, "rows": rows, "totals": totals, "products": products,
+    return {**listing, "months": months, **_month_columns(months), "overridden": _override_notes(ids, months),
+            "rows": rows, "totals": totals, "products": products,
             "closed": [m for m in months if m < counts.current_month()][::-1],
+            "closed_months": counts.drifted_closed_months(),
             "frozen": {m for m in months if counts.month_is_frozen(m)},
             "live_as_of": db.session.scalar(select(func.max(MonthlyCount.computed_at)).where(
                 MonthlyCount.month == months[-1], MonthlyCount.frozen.is_(False)))}
@@ -474,8 +499,10 @@ def recompute():
     except ValueError as error:
         flash(str(error), "error")
         return redirect(url_for("seats.counts_page"))
-    flash(f"{month:%B %Y} recomputed: {len(changes)} count(s) changed (see the audit log).", "success")
-    return redirect(url_for("seats.counts_page"))
+    flash(f"{month:%B %Y} recomputed: {len(changes)} count(s) changed (see the audit log). The next sync "
+          "pushes the new numbers.", "success")
+    back = request.form.get("next")
+    return redirect(safe_next(back, url_for("seats.counts_page")))
 
 
 # --- CSV import -------------------------------------------------------------------------------------
@@ -525,9 +552,10 @@ def _import_state(import_id: str) -> dict:
 @bp.get("/seats/import/<import_id>")
 def import_status(import_id: str):
     state = _import_state(import_id)
+    closed_months = [dt.date.fromisoformat(m) for m in state.get("closed_months", [])]
     if htmx and htmx.target == "import-progress":
-        return render_template("seats/_import_progress.html", state=state)
-    return render_template("seats/import_status.html", state=state)
+        return render_template("seats/_import_progress.html", state=state, closed_months=closed_months)
+    return render_template("seats/import_status.html", state=state, closed_months=closed_months)
 
 
 @bp.post("/seats/import/<import_id>/commit")
@@ -568,7 +596,8 @@ def import_seats_command(file: str, dry_run: bool):
     summary = plan.summary()
     click.echo(("Would import" if dry_run else "Imported") + (
         ": {rows} rows, {new_seats} new seats, {updated_seats} changed, {unchanged} unchanged, "
-        "{new_companies} new companies, {updated_companies} companies updated.").format(**summary))
+        "{new_companies} new companies, {new_products} new products, {updated_companies} companies updated."
+    ).format(**summary))
     for line in plan.samples:
         click.echo(f"  {line}")
     if not dry_run and plan.changes:

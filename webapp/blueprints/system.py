@@ -36,15 +36,19 @@ def _jobs(ids: list[str]) -> list[Job]:
     return [job for job in Job.fetch_many(ids[:LIST_LIMIT], connection=get_redis()) if job is not None]
 
 
-def _last_line(text: str | None) -> str:
-    # The last line of a traceback names the error; the frames above it are for the logs, not the page.
+def error_line(text: str | None) -> str:
+    """The line of a traceback that names the error. It follows the last (indented) frame; lines below
+    it such as SQLAlchemy's "[SQL: …]" and "(Background on this error at: sqlalche.me…)" say nothing
+    about the error, and the frames are for the logs, not the page."""
     lines = [line for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""
+    last_frame = max((i for i, line in enumerate(lines) if line.startswith(" ")), default=-1)
+    message = lines[last_frame + 1:] or lines[-1:]
+    return message[0][:300] if message else ""
 
 
 def _error_of(job: Job) -> str:
     result = job.latest_result()
-    return _last_line(result.exc_string if result else "")
+    return error_line(result.exc_string if result else "")
 
 
 def queue_overview() -> dict:

@@ -146,7 +146,7 @@ def _int_id(value: str, what: str) -> int:
 
 class AutotaskClient(PsaClient):
     kind = "autotask"
-    display_name = "Autotask"
+    display_name = "Autotask PSA"
     hourly_limit = 10_000
     concurrency_per_endpoint = 3
     credential_fields: ClassVar[tuple[CredentialField, ...]] = (

@@ -112,15 +112,15 @@ VERIFICATION_WORDS = {
     Verification.NOT_VERIFIABLE: "not verifiable",
 }
 TONES = {
-    CompanyStatus.IN_SYNC: "ok", CompanyStatus.UPDATED: "ok", CompanyStatus.NEEDS_ATTENTION: "warn",
-    CompanyStatus.ERROR: "bad", CompanyStatus.QUEUED: "live", CompanyStatus.SYNCING: "live",
+    CompanyStatus.IN_SYNC: "ok", CompanyStatus.UPDATED: "ok", CompanyStatus.NEEDS_ATTENTION: "attention",
+    CompanyStatus.ERROR: "error", CompanyStatus.QUEUED: "live", CompanyStatus.SYNCING: "live",
     CompanyStatus.EXCLUDED: "muted", CompanyStatus.DISABLED: "muted", CompanyStatus.NEVER_SYNCED: "muted",
-    RunState.FINISHED: "ok", RunState.FAILED: "bad", RunState.AWAITING_REVIEW: "warn",
+    RunState.FINISHED: "ok", RunState.FAILED: "error", RunState.AWAITING_REVIEW: "attention",
     RunState.CANCELLED: "muted", RunState.RUNNING: "live",
     LineAction.NONE: "ok", LineAction.UPDATED: "ok", LineAction.CREATED: "ok", LineAction.REPLACED: "ok",
-    LineAction.ADJUSTED: "ok", LineAction.NEEDS_ATTENTION: "warn", LineAction.ERROR: "bad",
-    LineAction.PLANNED: "warn", LineAction.APPROVED: "live", LineAction.DISMISSED: "muted",
-    Verification.VERIFIED: "ok", Verification.MISMATCH: "bad", Verification.NOT_VERIFIABLE: "muted",
+    LineAction.ADJUSTED: "ok", LineAction.NEEDS_ATTENTION: "attention", LineAction.ERROR: "error",
+    LineAction.PLANNED: "attention", LineAction.APPROVED: "live", LineAction.DISMISSED: "muted",
+    Verification.VERIFIED: "ok", Verification.MISMATCH: "error", Verification.NOT_VERIFIABLE: "muted",
 }
 
 
