@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -86,6 +87,14 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
 end
 return 0
 """
+# Extend a slot's lease, if it is still held (a slot whose lease ran out may have been taken since).
+_RENEW_SLOT = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+return 0
+"""
 # Free the slot and wake one waiter. The wake-up list is trimmed to the slot count, so wake-ups
 # nobody took cost a waiter at most that many extra acquire attempts.
 _RELEASE_SLOT = """
@@ -130,9 +139,13 @@ class RequestLimiter:
     so a freed slot is taken at once instead of after a polling back-off (which left the PSA's
     allowed concurrency idle between calls). The short block timeout covers slots freed by lease
     expiry (a worker killed mid-request).
+
+    A slot's lease is short and renewed by a heartbeat thread while its request runs, so a slow
+    request keeps its slot and a killed worker's slots come back within seconds (a long fixed lease
+    left a restarted fleet writing nothing for two minutes).
     """
 
-    LEASE_SECONDS = 120  # a worker killed mid-request frees its slot after this
+    LEASE_SECONDS = 6  # a worker killed mid-request frees its slot after this
     WAKE_TIMEOUT = 0.05  # longest wait between two acquire attempts
 
     def __init__(
@@ -157,6 +170,10 @@ class RequestLimiter:
             self._window = MovingWindowRateLimiter(storage)
         self._acquire = redis.register_script(_ACQUIRE_SLOT) if concurrency else None
         self._release = redis.register_script(_RELEASE_SLOT) if concurrency else None
+        self._renew = redis.register_script(_RENEW_SLOT) if concurrency else None
+        self._held: dict[str, str] = {}  # token -> slot key, of the requests running in this process
+        self._held_lock = threading.Lock()
+        self._heartbeat: threading.Thread | None = None
 
     def budget_key(self, endpoint: str) -> str:
         """The hourly budget's key: per tenant, or per tenant and endpoint (a path template, never a record's URL)."""
@@ -187,9 +204,39 @@ class RequestLimiter:
                 break
             self.redis.blpop([wake], timeout=self.WAKE_TIMEOUT)
         try:
-            yield
+            with self._renewed(key, token):
+                yield
         finally:
             self._release(keys=[key, wake], args=[token, self.concurrency, self.LEASE_SECONDS * 2])
+
+    @contextlib.contextmanager
+    def _renewed(self, key: str, token: str) -> Iterator[None]:
+        """Keep the slot's lease alive while the request runs."""
+        with self._held_lock:
+            self._held[token] = key
+            if self._heartbeat is None:
+                self._heartbeat = threading.Thread(target=self._beat, name="seatsync-slot-heartbeat", daemon=True)
+                self._heartbeat.start()
+        try:
+            yield
+        finally:
+            with self._held_lock:
+                self._held.pop(token, None)
+
+    def _beat(self) -> None:
+        """Renew the held slots every third of their lease; ends when none is held."""
+        while True:
+            time.sleep(self.LEASE_SECONDS / 3)
+            with self._held_lock:
+                held = list(self._held.items())
+                if not held:
+                    self._heartbeat = None
+                    return
+            for token, key in held:
+                try:
+                    self._renew(keys=[key], args=[token, time.time() + self.LEASE_SECONDS, self.LEASE_SECONDS * 2])
+                except Exception:  # a Redis blip: the next beat renews, or the slot lapses like a dead worker's
+                    log.warning("could not renew a PSA concurrency slot", exc_info=True)
 
 
 # --------------------------------------------------------------------------------------------------

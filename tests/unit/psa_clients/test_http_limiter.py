@@ -69,8 +69,12 @@ def test_a_freed_slot_wakes_the_waiting_request_instead_of_leaving_it_to_a_timer
 
 
 def test_slots_of_a_killed_worker_come_back_when_their_lease_ends(real_redis, monkeypatch):
+    import contextlib
+
     monkeypatch.setattr(RequestLimiter, "LEASE_SECONDS", 1)
-    dead = limiter(real_redis, 1).slot("x")
+    killed = limiter(real_redis, 1)
+    killed._renewed = lambda key, token: contextlib.nullcontext()  # its heartbeat died with it
+    dead = killed.slot("x")
     dead.__enter__()  # never released: its worker died
     started = time.monotonic()
     with limiter(real_redis, 1).slot("x"):
@@ -95,3 +99,19 @@ def test_the_benchmark_override_lifts_hourly_budgets_only_for_the_simulator_host
     assert hourly_limit_for(1500, "127.0.0.1:8099", frozenset({"127.0.0.1:8099"}), lifted) is None
     assert hourly_limit_for(1500, "api.bms.kaseya.com", frozenset({"127.0.0.1:8099"}), lifted) == 1500
     assert hourly_limit_for(1500, "127.0.0.1:8099", frozenset({"127.0.0.1:8099"}), {}) == 1500
+
+
+def test_a_slow_request_keeps_its_slot_beyond_the_lease(real_redis, monkeypatch):
+    monkeypatch.setattr(RequestLimiter, "LEASE_SECONDS", 1)
+    got_slot = threading.Event()
+
+    def other_request():
+        with limiter(real_redis, 1).slot("x"):
+            got_slot.set()
+
+    with limiter(real_redis, 1).slot("x"):  # a request running three leases long, renewed meanwhile
+        waiter = threading.Thread(target=other_request, daemon=True)
+        waiter.start()
+        assert not got_slot.wait(3)
+    assert got_slot.wait(5)  # released: taken at once
+    waiter.join(5)
