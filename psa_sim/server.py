@@ -94,8 +94,12 @@ def create_sim_app(seed: str | int | None = None) -> Flask:
         if g.psa is None:
             return None
         g.endpoint_key = f"{g.psa} {PSA_MODULES[g.psa].endpoint_of(path)}"
+        # Received whole before it counts as in flight: a caller killed while a request is in flight
+        # (as tests do) has sent all of it, and the PSA applies it as a real one would.
+        request.get_data(cache=True)
         with state.lock:
             state.in_flight[g.endpoint_key] = state.in_flight.get(g.endpoint_key, 0) + 1
+            g.counted = True
             now_in_flight = state.in_flight[g.endpoint_key]
             state.max_in_flight[g.endpoint_key] = max(state.max_in_flight.get(g.endpoint_key, 0), now_in_flight)
             latency = state.latency_ms
@@ -113,7 +117,7 @@ def create_sim_app(seed: str | int | None = None) -> Flask:
 
     @app.after_request
     def after(response: Response):
-        if getattr(g, "psa", None) is None:
+        if not getattr(g, "counted", False):  # not ours, or the caller went away before sending it whole
             return response
         with state.lock:
             state.in_flight[g.endpoint_key] -= 1
