@@ -120,6 +120,29 @@ def test_review_before_push_writes_exactly_the_approved_changes_and_finishes_the
     assert_no_pending_intent()
 
 
+def test_a_change_approved_while_its_company_syncs_in_another_run_is_pushed_once_that_run_lets_it_go(
+        psa_sim, rq_workers):
+    world = build_world("connectwise", psa_sim, REVIEW_SEATS, companies=companies_of(REVIEW_SEATS),
+                        review_before_push=True)
+    (worker,) = rq_workers.start(1)
+    run = wait_for_run(world.start().id)
+    assert run.state == RunState.AWAITING_REVIEW, rq_workers.output()[-3000:]
+    rq_workers.kill(worker)  # so the row sync below still holds Cedar Law Group when the admin approves
+    row_sync = world.start(trigger="row", company_mapping=world.mappings["Cedar Law Group"])
+
+    review_changes(db.session.get(SyncRun, run.id), approve=True)
+    rq_workers.start(1)
+    assert wait_for_run(row_sync.id).state == RunState.AWAITING_REVIEW  # a review pass of its own
+    run = wait_for_run(run.id, timeout=30, states=(RunState.FINISHED, RunState.FAILED))
+    assert run.state == RunState.FINISHED, rq_workers.output()[-3000:]
+    assert world.quantities() == {("Acme Dental", PM): [5.0], ("Acme Dental", EB): [2.0],
+                                  ("Bluebird Logistics", PM): [4.0], ("Cedar Law Group", PM): [3.0]}
+    lines = run_lines(run.id)
+    assert_written_once(lines[("Cedar Law Group", PM)][0], before=7.0, target=3.0, readable=True)
+    assert run.updated == 3
+    assert_run_settled(run, companies=3)
+
+
 def test_a_worker_killed_right_after_an_approved_autotask_adjustment_was_sent_is_finished_by_the_next_worker(
         psa_sim, rq_workers):
     seats = {("Cedar Law Group", PM): 3, ("Evergreen Clinic", PM): 2}  # 7 and 9 in the PSA: bare deltas
