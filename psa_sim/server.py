@@ -135,8 +135,12 @@ def install_request_hooks(app: Flask, state: SimState) -> None:
         if g.psa is None:
             return None
         g.endpoint_key = f"{g.psa} {PSA_MODULES[g.psa].endpoint_of(path)}"
+        # Received whole before it counts as in flight: a caller killed while a request is in flight
+        # (as tests do) has sent all of it, and the PSA applies it as a real one would.
+        request.get_data(cache=True)
         with state.lock:
             state.in_flight.enter((g.endpoint_key, g.psa))
+            g.counted = True
             latency = state.latency_ms
             g.fault = state.faults.pick(g.psa, request.method, path)
         if latency:
@@ -147,7 +151,7 @@ def install_request_hooks(app: Flask, state: SimState) -> None:
 
     @app.after_request
     def after(response: Response):
-        if getattr(g, "psa", None) is None:
+        if not getattr(g, "counted", False):  # not ours, or the caller went away before sending it whole
             return response
         fault = g.get("fault")
         if fault is not None and fault.kind == APPLIED:

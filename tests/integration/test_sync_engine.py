@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures.workers import build_world, wait_for_run
+from tests.fixtures.workers import (
+    EB,
+    PM,
+    adjustments_per_line,
+    bms_units,
+    build_world,
+    psa_writes,
+    wait_for_run,
+    wait_until_in_flight,
+)
 from webapp.extensions import db
 from webapp.models import CompanyMapping, LineResult
 
 pytestmark = pytest.mark.integration
 
-PM, EB = "Password Manager Business", "Endpoint Backup"
 # Demo agreements: even-numbered customers already bill Password Manager Business (5, 7, 9, 11).
 SEATS = {
     ("Acme Dental", PM): 5,  # already 5 in the PSA: in sync
@@ -19,13 +27,6 @@ SEATS = {
     ("Cedar Law Group", PM): 3,  # 7 in the PSA: lowered
     ("Delta Architects", EB): 1,
 }
-
-
-def psa_writes(sim, kind):
-    """Requests that change something in the PSA (Autotask queries and BMS logins are POSTs that do not)."""
-    return [r for r in sim.requests(kind) if r["method"] in ("POST", "PATCH", "PUT", "DELETE")
-            and not r["path"].lower().endswith(("/query", "/search")) and "login" not in r["path"].lower()
-            and "token" not in r["path"].lower() and "/security/" not in r["path"].lower()]
 
 
 def expected():
@@ -57,18 +58,6 @@ def test_a_full_sync_leaves_exactly_the_target_quantities_and_a_second_sync_writ
     assert statuses == {"in sync"}
     assert db.session.scalar(db.select(db.func.count(LineResult.id)).where(LineResult.run_id == second.id,
                                                                             LineResult.action != "none")) == 0
-
-
-def bms_units(sim, world) -> dict[tuple[str, str], list[float]]:
-    """{(company, product): [Units of each line]} from the simulator's records: the BMS API cannot read Units."""
-    contracts = {int(m.agreement_id): name for name, m in world.mappings.items()}
-    products = {int(v): k for k, v in world.psa_products.items()}
-    units: dict[tuple[str, str], list[float]] = {}
-    for line in sim.data("kaseya_bms")["contract_services"].values():
-        if line["contractId"] in contracts and line["serviceId"] in products:
-            key = (contracts[line["contractId"]], products[line["serviceId"]])
-            units.setdefault(key, []).append(float(line["units"]))
-    return units
 
 
 def test_a_kaseya_bms_sync_sets_the_target_units_in_one_write_per_contract_and_a_second_sync_writes_nothing(
@@ -107,13 +96,6 @@ def test_double_sync_now_pushes_each_company_once(psa_sim, rq_workers):
     posts = [r for r in psa_writes(psa_sim, "connectwise") if r["method"] == "POST"]
     assert len(posts) == 3  # Acme Dental EB, Bluebird PM, Delta EB: created once each
     assert {k: v for k, v in world.quantities().items() if k in SEATS} == expected()
-
-
-def adjustments_per_line(sim):
-    changes = {}
-    for a in sim.data("autotask")["adjustments"]:
-        changes.setdefault((a["contractID"], a["serviceID"]), []).append(a["unitChange"])
-    return changes
 
 
 def test_a_row_sync_or_the_schedule_during_a_full_sync_never_double_counts_an_autotask_delta(psa_sim, rq_workers):
@@ -201,10 +183,7 @@ def test_a_worker_killed_mid_autotask_run_leaves_work_the_next_worker_finishes_w
         psa_sim, rq_workers):
     import time
 
-    from tests.fixtures.workers import LEASE_SECONDS
     from webapp.models import PushIntent
-    from webapp.models._types import utcnow
-    from webapp.sync.jobs import sweep_stale_runs
 
     # Lines that exist already (7, 9 and 11 units), so the first write is a bare delta.
     seats = {("Cedar Law Group", PM): 3, ("Evergreen Clinic", PM): 2, ("Granite Accounting", PM): 12}
@@ -212,24 +191,16 @@ def test_a_worker_killed_mid_autotask_run_leaves_work_the_next_worker_finishes_w
     psa_sim.faults(latency_ms=400)  # the sim applies a request after its latency, even if the caller died
     run = world.start()
     (victim,) = rq_workers.start(1, SEATSYNC_SYNC_BATCH="2")
-    deadline = time.monotonic() + 30
-
-    def adjustment_in_flight():
-        with psa_sim.state.lock:
-            return any("adjustment" in key.lower() and n for key, n in psa_sim.state.in_flight.items())
-
-    while not adjustment_in_flight():  # the sim holds it for its latency, then applies it
-        assert time.monotonic() < deadline, rq_workers.output()
-        time.sleep(0.005)
+    wait_until_in_flight(psa_sim, "adjustment")  # the sim holds it for its latency, then applies it
     rq_workers.kill(victim)  # a delta is in flight: the PSA applies it, SeatSync never hears back
     time.sleep(0.6)
     psa_sim.faults(latency_ms=0)
     db.session.rollback()
     assert db.session.get(type(run), run.id).state == "running"
 
+    # Its sweeper takes the dead job's companies over once their lease expires (a sweep from the test
+    # raced with it, and found nothing left to take when the worker's own sweep came first).
     rq_workers.start(1)
-    time.sleep(LEASE_SECONDS + 0.5)  # the dead worker's leases expire
-    assert sweep_stale_runs(utcnow()) > 0
     finished = wait_for_run(run.id)
     assert finished.state == "finished" and finished.errors == 0, rq_workers.output()[-3000:]
     assert finished.done == finished.total == len(world.mappings)

@@ -250,7 +250,7 @@ class RequestLimiter:
     of after a polling back-off; the short block timeout covers slots freed by lease expiry.
     """
 
-    LEASE_SECONDS = 10.0  # a process killed mid-request frees its slots after at most this
+    LEASE_SECONDS = 6.0  # a process killed mid-request frees its slots after at most this
     WAKE_TIMEOUT = 0.05  # longest wait between two acquire attempts
 
     def __init__(

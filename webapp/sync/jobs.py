@@ -23,13 +23,14 @@ from sqlalchemy import select
 
 from ..extensions import db
 from ..jobs import on_cron_tick
-from ..models import CompanyMapping, Integration, SyncRun
+from ..models import CompanyMapping, Integration, LineResult, SyncRun
 from ..models._types import utcnow
 from ..queue import enqueue, get_queue, get_redis
 from . import state
 from .leases import Leases, job_lease_key, lease_seconds, lock_key
 from .push import Pusher
-from .state import CompanyStatus, JobRef, JobRole
+from .review import push_approved
+from .state import CompanyStatus, JobRef, JobRole, LineAction, RunState
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,12 @@ def sweep_run(run_id: int, now: dt.datetime) -> int:
 
 @on_cron_tick
 def sweep_stale_runs(now: dt.datetime) -> int:
-    """Every tick: take over the companies of dead jobs, close finished runs."""
+    """Every tick: take over the companies of dead jobs, close finished runs, and push approved changes
+    whose company another run held when they were approved."""
     run_ids = db.session.scalars(select(SyncRun.id).where(SyncRun.state.in_(state.ACTIVE_RUN))).all()
-    return sum(sweep_run(run_id, now) for run_id in run_ids)
+    taken = sum(sweep_run(run_id, now) for run_id in run_ids)
+    approved = select(LineResult.run_id).where(LineResult.action == LineAction.APPROVED)
+    for run in db.session.scalars(select(SyncRun).where(SyncRun.state == RunState.AWAITING_REVIEW,
+                                                        SyncRun.id.in_(approved))).all():
+        taken += push_approved(run)
+    return taken

@@ -99,7 +99,9 @@ class Recorder:
     def result(self, mapping: MappingRef, change: Change, **values) -> LineResult:
         line = change.line
         message = values.pop("message", change.message)
-        if change.changed_in_psa:
+        before = values.pop("before", change.before)
+        changed_in_psa = values.pop("changed_in_psa", change.changed_in_psa)
+        if changed_in_psa:
             note = (f"changed in the PSA since the last sync: SeatSync left {change.last_written:g}, "
                     f"the PSA had {change.before:g}")
             message = f"{note}; {message}" if message else note
@@ -108,7 +110,7 @@ class Recorder:
             run_id=self.run_id, company_mapping_id=mapping.id, product_id=change.product_id,
             psa_product_id=change.psa_product_id, agreement_id=mapping.agreement_id,
             line_id=values.pop("line_id", line.line_id if line is not None else None),
-            before=change.before, target=change.target, changed_in_psa=change.changed_in_psa,
+            before=before, target=change.target, changed_in_psa=changed_in_psa,
             message=message, psa_response=values.pop("psa_response", ""), **values,
         )
 
@@ -132,9 +134,12 @@ class Recorder:
                            verification=None if self.quantity_readable else Verification.NOT_VERIFIABLE)
 
     def completed(self, mapping: MappingRef, change: Change, intent: PushIntent) -> LineResult:
-        """The write sent before an interruption did reach the PSA: report it, once."""
+        """The write sent before an interruption did reach the PSA: report it, once, with the quantity
+        the PSA held before that write (the line read now already shows the target)."""
         self.intent_done(intent)
-        return self.result(mapping, change, action=LineAction.UPDATED, after=change.before,
+        before = intent.target - intent.delta if intent.delta is not None else None  # None: it created the line
+        return self.result(mapping, change, action=LineAction.UPDATED, before=before, after=intent.target,
+                           changed_in_psa=False,
                            message="completed: the write sent before an interruption had reached the PSA",
                            verification=Verification.VERIFIED if self.quantity_readable else None)
 

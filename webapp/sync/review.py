@@ -19,8 +19,6 @@ from .state import JobRef, JobRole, LineAction
 
 def review_changes(run: SyncRun, *, approve: bool, line_ids: Sequence[int] | None = None) -> int:
     """Approve or dismiss planned changes (`line_ids`, or all of the run's); returns how many. Commits."""
-    from .jobs import enqueue_job
-
     query = select(LineResult).where(LineResult.run_id == run.id, LineResult.action == LineAction.PLANNED)
     if line_ids is not None:
         query = query.where(LineResult.id.in_(list(line_ids)))
@@ -38,9 +36,22 @@ def review_changes(run: SyncRun, *, approve: bool, line_ids: Sequence[int] | Non
         db.session.commit()
         state.close_run_if_done(run.id)
         return len(lines)
+    push_approved(run, mapping_ids)
+    return len(lines)
+
+
+def push_approved(run: SyncRun, mapping_ids: Sequence[int] | None = None) -> int:
+    """Queue the companies with approved lines (`mapping_ids`, or all of the run's) for a push job.
+    Those another run holds right now stay approved: the sweeper queues them once they are free.
+    Commits; returns how many companies were queued."""
+    from .jobs import enqueue_job
+
+    if mapping_ids is None:
+        mapping_ids = db.session.scalars(select(LineResult.company_mapping_id).distinct().where(
+            LineResult.run_id == run.id, LineResult.action == LineAction.APPROVED)).all()
     job = JobRef.new(run.id, JobRole.PUSH)
     reopened = state.reopen_for_approval(run, mapping_ids, job)
     db.session.commit()
     if reopened:
         enqueue_job(job, reopened)
-    return len(lines)
+    return len(reopened)
