@@ -11,7 +11,9 @@ by count overrides, runs `python worker.py` processes and, per PSA, two runs of 
   Autotask: two queries per 500 contracts; Kaseya BMS: one contracts lookup per 100 contracts, the services
   catalog, and the related-services pages of each mapped service), plus the fewest writes (ConnectWise and
   Autotask: one per line whose quantity differs, a missing Autotask line included; Kaseya BMS: one per
-  contract with any line to write, because its write takes every line of a contract at once);
+  contract with any line to write, because its write takes every line of a contract at once), plus the
+  read-back of the written lines (ConnectWise: one per written agreement; Autotask: two queries per 500
+  written contracts; Kaseya BMS: none, Units cannot be read back);
 - wall time vs the bound: minimum calls × latency ÷ the PSA's allowed concurrency (Kaseya BMS documents
   none: the bound uses the 3 writes in flight SeatSync allows it, webapp/sync/push.UNDOCUMENTED_CONCURRENCY);
 - requests in flight, time-weighted (psa_sim/inflight.py): the average over the time at least one was in
@@ -238,7 +240,10 @@ def targets_by_line(mapped: Mapped) -> dict[tuple[str, str], int]:
 
 
 def minimum_calls(mapped: Mapped, sim: Sim) -> tuple[int, int]:
-    """(reads, writes) a perfect engine needs from the lines as they are now."""
+    """(reads, writes) a perfect engine needs from the lines as they are now. Reads include reading the
+    written lines back (PRODUCT.md §4: proof after writing) as cheaply as the API allows — ConnectWise one
+    read per written agreement, Autotask two queries per 500 written contracts; Kaseya BMS cannot read
+    Units back, so nothing."""
     lines = mapped.client.read_lines([m.agreement_id for m in mapped.mappings], sim.on)
     differing: Counter = Counter()
     for (agreement, psa_product), target in targets_by_line(mapped).items():
@@ -249,11 +254,11 @@ def minimum_calls(mapped: Mapped, sim: Sim) -> tuple[int, int]:
             differing[agreement] += target > 0
     # Kaseya BMS writes every line of a contract in one request.
     writes = sum(min(n, 1) if mapped.kind == "kaseya_bms" else n for n in differing.values())
-    count = len(mapped.mappings)
+    count, written = len(mapped.mappings), sum(1 for n in differing.values() if n)
     if mapped.kind == "connectwise":
-        return count, writes
+        return count + written, writes
     if mapped.kind == "autotask":
-        return 2 * math.ceil(count / 500), writes
+        return 2 * math.ceil(count / 500) + 2 * math.ceil(written / 500), writes
     tables = sim.state.data["kaseya_bms"]
     used = Counter(line["serviceId"] for line in tables["contract_services"].values())
     wanted = {str(psa_id) for psa_id in mapped.psa_products.values()}
