@@ -36,6 +36,7 @@ def client_config() -> dict[str, Any]:
         "CW_CLIENT_ID": Organisation.get().cw_client_id or config.get("CW_CLIENT_ID", ""),
         "AUTOTASK_ZONE_URL": config.get("AUTOTASK_ZONE_URL"),
         "DEV_HOSTS_NO_HOURLY_LIMIT": bool(config.get("PSA_DEV_HOSTS_NO_HOURLY_LIMIT")),
+        "HTTP_TIMEOUT": (5.0, float(config.get("PSA_READ_TIMEOUT_SECONDS") or 60)),
         "TOKEN_CIPHER": cipher(),  # PSA tokens shared through Redis are encrypted like credentials
         **config.get("PSA_CLIENT_OVERRIDES", {}),  # tests: no-op sleeps, short retry policies
     }

@@ -113,6 +113,7 @@ def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> 
         PSA_DEV_HOSTS_NO_HOURLY_LIMIT=_bool(env.get("PSA_DEV_HOSTS_NO_HOURLY_LIMIT")),
         # A company's push lock lives this long without a heartbeat (how soon a killed worker's
         # companies are taken over); companies per sync batch job (empty: chosen per PSA).
+        PSA_READ_TIMEOUT_SECONDS=float(env.get("PSA_READ_TIMEOUT_SECONDS") or 60),
         SYNC_LEASE_SECONDS=int(env.get("SEATSYNC_SYNC_LEASE_SECONDS") or 20),
         # How long a company's transient PSA failures are retried within a run before it is an error.
         SYNC_RETRY_SECONDS=float(env.get("SEATSYNC_SYNC_RETRY_SECONDS") or 900),

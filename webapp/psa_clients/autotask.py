@@ -46,7 +46,7 @@ from .base import (
     WriteOptions,
     WriteResult,
 )
-from .http import PsaHttp, RetryPolicy, base_url_for, limiter_for
+from .http import DEFAULT_TIMEOUT, PsaHttp, RetryPolicy, base_url_for, limiter_for
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,7 @@ class AutotaskClient(PsaClient):
         self.http = PsaHttp(
             dev_hosts=self._dev_hosts,
             policy=config.get("HTTP_RETRY_POLICY") or RetryPolicy(),
+            timeout=config.get("HTTP_TIMEOUT") or DEFAULT_TIMEOUT,
             is_throttled=is_thread_limited,
             is_answer=is_answer,
             sleep=self._sleep,

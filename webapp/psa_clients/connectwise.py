@@ -37,7 +37,7 @@ from .base import (
     WriteOptions,
     WriteResult,
 )
-from .http import PsaHttp, base_url_for, limiter_for
+from .http import DEFAULT_TIMEOUT, PsaHttp, base_url_for, limiter_for
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class ConnectWiseClient(PsaClient):
         limiter = limiter_for(self, redis, tenant_key=f"connectwise:{self.site}:{self.company_id.lower()}",
                               host=self.site, dev_hosts=self._dev_hosts, config=config, sleep=sleep)
         self.http = PsaHttp(dev_hosts=self._dev_hosts, limiter=limiter, policy=config.get("HTTP_RETRY_POLICY"),
-                            sleep=sleep)
+                            timeout=config.get("HTTP_TIMEOUT") or DEFAULT_TIMEOUT, sleep=sleep)
         # The whole Basic credential too: an echoed Authorization header is its base64.
         self.http.scrub.add(private_key, client_id, f"{self.company_id}+{public_key}:{private_key}")
         self._redis = redis

@@ -46,6 +46,7 @@ from .scrub import Scrubber
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TIMEOUT = (5.0, 60.0)  # connect, read (seconds); the read timeout is PSA_READ_TIMEOUT_SECONDS
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 # Statuses that mean "the PSA did not process the request", safe to retry even for a delta write.
 REJECTED_UNPROCESSED = {429, 503}
@@ -445,7 +446,7 @@ class PsaHttp:
         dev_hosts: frozenset[str] = frozenset(),
         limiter: RequestLimiter | None = None,
         policy: RetryPolicy | None = None,
-        timeout: tuple[float, float] = (5.0, 60.0),
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         is_throttled: Callable[[requests.Response], bool] | None = None,
         is_answer: Callable[[requests.Response], bool] | None = None,
         sleep: Callable[[float], None] = time.sleep,

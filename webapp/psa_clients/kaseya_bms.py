@@ -52,7 +52,7 @@ from .base import (
     WriteOptions,
     WriteResult,
 )
-from .http import PsaHttp, RetryPolicy, base_url_for, limiter_for
+from .http import DEFAULT_TIMEOUT, PsaHttp, RetryPolicy, base_url_for, limiter_for
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class KaseyaBmsClient(PsaClient):
                               host=self.api_host, dev_hosts=self._dev_hosts, config=config, sleep=sleep)
         self.http = PsaHttp(
             dev_hosts=self._dev_hosts, limiter=limiter, policy=config.get("HTTP_RETRY_POLICY") or RetryPolicy(),
-            is_throttled=_is_throttled, sleep=sleep,
+            is_throttled=_is_throttled, sleep=sleep, timeout=config.get("HTTP_TIMEOUT") or DEFAULT_TIMEOUT,
         )
         self.http.scrub.add(self._password)
         # Encrypts the token shared through Redis (the app's credential key); without it nothing is shared.
