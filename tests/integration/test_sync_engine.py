@@ -251,3 +251,25 @@ def test_one_sync_now_in_a_fault_storm_ends_with_every_line_right_and_no_company
         assert all(len(v) == 1 for v in adjustments_per_line(psa_sim).values())
     assert not db.session.scalar(db.select(db.func.count(CompanyMapping.id))
                                  .where(CompanyMapping.status.in_(("queued", "syncing"))))
+
+
+def test_progress_moves_as_each_company_finishes_not_all_at_the_end(psa_sim, rq_workers):
+    import time
+
+    from webapp.models import SyncRun
+
+    world = build_world("connectwise", psa_sim, STORM_SEATS)  # eight companies in one batch
+    psa_sim.faults(latency_ms=300)
+    rq_workers.start(1)
+    run = world.start()
+    seen, deadline = set(), time.monotonic() + 60
+    while time.monotonic() < deadline:
+        db.session.rollback()
+        current = db.session.get(SyncRun, run.id)
+        seen.add(current.done)
+        if current.state == "finished":
+            break
+        time.sleep(0.05)
+    assert current.state == "finished", rq_workers.output()[-2000:]
+    intermediate = sorted(n for n in seen if 0 < n < current.total)
+    assert len(intermediate) >= 2, f"progress jumped: saw {sorted(seen)} of {current.total}"

@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 # guidance of "two or three requests in parallel" is the only figure the research notes give.
 UNDOCUMENTED_CONCURRENCY = 3
 FINISH_GROUP = 10  # companies recorded per transaction…
-FINISH_EVERY = 1.0  # …or at least this often (seconds), so progress moves as companies finish
+FINISH_EVERY = 0.25  # …or at least this often (seconds), so progress moves as companies finish
 BACKOFF_FIRST, BACKOFF_MAX = 2.0, 60.0  # seconds between a company's attempts within a run
 
 
