@@ -11,6 +11,7 @@ from flask import Flask
 
 from .extensions import db
 from .models import Company, Product, Seat, User
+from .models._types import utcnow
 from .models.users import ROLES
 
 # The same names as the PSA simulator's demo data (psa_sim/seed.py), so "Suggest matches" finds them.
@@ -49,7 +50,7 @@ def seed_demo_data(rng_seed: int = 42) -> dict[str, int]:
         products[name] = db.session.scalar(db.select(Product).filter_by(name=name)) or Product(name=name)
         db.session.add(products[name])
     products[DEMO_PRODUCTS[1]].count_rule = "active_at_month_end"
-    today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
     seats = 0
     for index, name in enumerate(DEMO_COMPANIES):
         external_id = f"demo-{index + 1:03d}"

@@ -28,7 +28,9 @@ from sqlalchemy import and_, case, delete, func, insert, literal, or_, select
 
 from .extensions import db
 from .jobs import on_cron_tick
-from .models import Company, CountOverride, MonthlyCount, Organisation, Product, Seat
+from .models import Company, CountOverride, MonthlyCount, Product, Seat
+from .models._types import utcnow
+from .timezones import org_zone
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +41,6 @@ Pair = tuple[int, int]
 
 
 # --- months ---------------------------------------------------------------------------------------
-
-
-def org_timezone() -> ZoneInfo:
-    try:
-        return ZoneInfo(Organisation.get().timezone or "UTC")
-    except (KeyError, ValueError):  # an unknown zone name must not stop billing: fall back to UTC
-        log.warning("unknown organisation time zone %r; counting in UTC", Organisation.get().timezone)
-        return ZoneInfo("UTC")
 
 
 def month_start(d: dt.date) -> dt.date:
@@ -77,14 +71,14 @@ def _local_midnight_utc(day: dt.date, tz: ZoneInfo) -> dt.datetime:
 
 def month_bounds_utc(month: dt.date, tz: ZoneInfo | None = None) -> tuple[dt.datetime, dt.datetime]:
     """[start, end) of the calendar month in `tz` (default: the organisation's), as UTC datetimes."""
-    tz = tz or org_timezone()
+    tz = tz or org_zone()
     month = month_start(month)
     return _local_midnight_utc(month, tz), _local_midnight_utc(next_month(month), tz)
 
 
 def current_month(now: dt.datetime | None = None, tz: ZoneInfo | None = None) -> dt.date:
-    tz = tz or org_timezone()
-    now = now or dt.datetime.now(dt.UTC)
+    tz = tz or org_zone()
+    now = now or utcnow()
     return month_start(now.astimezone(tz).date())
 
 
@@ -107,7 +101,7 @@ def is_closed(month: dt.date, now: dt.datetime | None = None) -> bool:
 
 def _counts_select(month: dt.date, company_ids=None, product_ids=None, now: dt.datetime | None = None):
     """SELECT company_id, product_id, count — one GROUP BY over the seats; None if nothing to count."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     start, end = month_bounds_utc(month)
     cut = min(end, now)
     if cut <= start:
@@ -243,7 +237,7 @@ def month_totals(months: list[dt.date]) -> dict[int, dict[dt.date, int]]:
 def _store(month: dt.date, frozen: bool, company_ids=None, now: dt.datetime | None = None) -> int:
     """Replace the month's non-frozen rows with a fresh computation, in one INSERT ... SELECT."""
     month = month_start(month)
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     # A closed month is computed over its whole span, even if `now` is a little before its end
     # (callers decide when a month may be frozen).
     query = _counts_select(month, company_ids, None, now if not frozen else max(now, month_bounds_utc(month)[1]))
@@ -275,7 +269,7 @@ def _store(month: dt.date, frozen: bool, company_ids=None, now: dt.datetime | No
 def store_live_counts(month: dt.date | None = None, company_ids=None, now: dt.datetime | None = None) -> int:
     """Compute a month (default: the current one) and keep it in MonthlyCount (frozen=False) so pages
     read fast. Frozen rows are never touched. Commits."""
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     month = month_start(month or current_month(now))
     stored = _store(month, frozen=False, company_ids=company_ids, now=now)
     db.session.commit()
@@ -333,7 +327,7 @@ def recompute_month(month: dt.date, user=None, now: dt.datetime | None = None) -
     from . import audit
 
     month = month_start(month)
-    now = now or dt.datetime.now(dt.UTC)
+    now = now or utcnow()
     if not is_closed(month, now):
         raise ValueError(f"{month:%B %Y} is not closed yet; only closed months can be recomputed")
     old = {(c, p): n for c, p, n in db.session.execute(

@@ -6,10 +6,10 @@ workers inside one.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 
 from .extensions import db
+from .models._types import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def on_cron_tick(func):
 
 def cron_tick() -> list[str]:
     """Runs every minute from the clock process (or the embedded thread)."""
-    now = dt.datetime.now(dt.UTC)
+    now = utcnow()
     done = []
     for handler in TICK_HANDLERS:
         try:

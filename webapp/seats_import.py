@@ -34,6 +34,7 @@ from sqlalchemy import insert, select, update
 
 from .extensions import db
 from .models import Company, Product, Seat
+from .models._types import utcnow
 
 MAX_BYTES = 50 * 1024 * 1024
 COLUMNS = ("company", "company_external_id", "product", "user_email", "active_from", "active_to", "billable")
@@ -248,9 +249,9 @@ class _Companies:
 
 def validate(data: bytes, progress: Progress | None = None, tz: ZoneInfo | None = None) -> ImportPlan:
     """Read and check the whole file and work out what it would change. Writes nothing."""
-    from .counts import org_timezone
+    from .timezones import org_zone
 
-    tz = tz or org_timezone()
+    tz = tz or org_zone()
     plan = ImportPlan()
     text = _decode(data, plan)
     if text is None:
@@ -427,7 +428,7 @@ def apply(plan: ImportPlan, filename: str = "", actor: str | None = None, progre
             db.session.execute(update(Company), [{k: v for k, v in change.items() if k != "was"}])
         steps = len(plan.new_seats) + len(plan.seat_updates)
         done = 0
-        now = dt.datetime.now(dt.UTC)
+        now = utcnow()
         for index in range(0, len(plan.new_seats), CHUNK):
             chunk = plan.new_seats[index:index + CHUNK]
             db.session.execute(insert(Seat), [

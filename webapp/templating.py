@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo
 
 from flask import Flask, request
 from flask_login import current_user
 from markupsafe import Markup
+
+from .sync import state as sync_state
+from .timezones import org_zone
 
 NAV = [
     ("Dashboard", "dashboard.index"),
@@ -17,15 +19,6 @@ NAV = [
     ("Audit log", "audit.index"),
     ("Settings", "settings.index"),
 ]
-
-
-def org_zone() -> ZoneInfo:
-    from .models import Organisation
-
-    try:
-        return ZoneInfo(Organisation.get().timezone)
-    except Exception:
-        return ZoneInfo("UTC")
 
 
 def localtime(value: dt.datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
@@ -44,31 +37,25 @@ def psa_name(kind: str) -> str:
     return client_class(kind).display_name
 
 
-# Every status word SeatSync shows (company mapping status, run state, line action, credential and
-# account states) and its colour, the same on every page. Stored values stay as they are (e.g.
-# "needs_attention" on a line, "needs attention" on a mapping); templates only call `status_badge`,
-# so the sync engine's state module can later supply these words in one place.
+# Every status word SeatSync shows and its colour, the same on every page: the sync engine's values
+# (run state, company status, line action, read-back) from its state module, the few others here.
 TONES: dict[str, tuple[str, ...]] = {
-    "ok": ("in sync", "updated", "ok", "finished", "connected", "enabled", "active", "saved", "up to date",
-           "created", "replaced", "adjusted", "approved", "unchanged"),
-    "live": ("queued", "syncing", "running", "pending"),
-    "attention": ("needs attention", "awaiting review", "planned", "rotation pending", "partial"),
-    "error": ("error", "failing", "failed", "credentials failing"),
-    "muted": ("none", "excluded", "disabled", "never synced", "not set up", "unverified", "dismissed",
-              "deactivated", "revoked", "cancelled", "skipped"),
+    "ok": ("ok", "connected", "enabled", "active", "saved", "up to date", "unchanged"),
+    "live": ("pending",),
+    "attention": ("rotation pending", "partial"),
+    "error": ("failing", "credentials failing"),
+    "muted": ("not set up", "unverified", "deactivated", "revoked", "skipped"),
 }
 TONE_OF = {word: tone for tone, words in TONES.items() for word in words}
-# Stored values whose word for people differs (the sync engine's own words: webapp/sync/state.py).
-WORDS = {"none": "no change", "awaiting review": "waiting for approval", "planned": "waiting for approval",
-         "approved": "approved, pushing", "not verifiable": "not verifiable", "mismatch": "PSA differs"}
 
 
 def status_word(value: str | None) -> str:
-    word = (value or "").replace("_", " ")
-    return WORDS.get(word, word)
+    return sync_state.word(value) if sync_state.is_engine_value(value) else (value or "").replace("_", " ")
 
 
 def status_tone(value: str | None) -> str:
+    if sync_state.is_engine_value(value):
+        return sync_state.tone(value)
     return TONE_OF.get((value or "").replace("_", " "), "muted")
 
 
@@ -85,12 +72,6 @@ def init_templating(app: Flask) -> None:
     app.jinja_env.filters["localtime"] = localtime
     app.jinja_env.filters["month"] = month_label
     app.jinja_env.filters["psa_name"] = psa_name
-    from .sync import state as sync_state  # the sync engine's words and colours, one place for every page
-
-    app.jinja_env.filters["run_words"] = sync_state.run_words
-    app.jinja_env.filters["line_words"] = sync_state.line_words
-    app.jinja_env.filters["verification_words"] = sync_state.verification_words
-    app.jinja_env.filters["tone"] = sync_state.tone
     app.jinja_env.globals["sync_state"] = sync_state
 
     @app.context_processor

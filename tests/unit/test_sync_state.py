@@ -179,11 +179,11 @@ def test_a_partial_outcome_says_both_what_was_updated_and_what_is_missing():
 
 
 def test_pages_show_words_not_codes():
-    for value in [*RunState, *LineAction, *Verification]:
-        words = (state.run_words(value) if value in RunState.__members__.values() else
-                 state.line_words(value) if isinstance(value, LineAction) else state.verification_words(value))
-        assert "_" not in words and words, value
-    assert state.run_words(RunState.AWAITING_REVIEW) == "waiting for approval"
+    for value in [*RunState, *CompanyStatus, *LineAction, *Verification]:
+        assert state.word(value) and "_" not in state.word(value), value
+        assert state.tone(value) in ("ok", "live", "attention", "error", "muted"), value
+    assert state.word(RunState.AWAITING_REVIEW) == "waiting for approval"
+    assert state.word(Verification.NOT_VERIFIABLE) == "not verifiable"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,8 +21,10 @@ from .. import audit, counts, seats_import
 from ..extensions import csrf, db
 from ..inputs import MAX_PAGE, db_int, page_number
 from ..models import ApiToken, Company, CountOverride, MonthlyCount, Product, Seat
+from ..models._types import utcnow
 from ..models.seats import COUNT_RULES
 from ..security import public
+from ..timezones import org_zone
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
@@ -72,7 +74,7 @@ def authenticate():
     needed = "read" if request.method in ("GET", "HEAD", "OPTIONS") else "write"
     if not row.allows(needed):
         raise ApiError(403, "forbidden", f"This token has the {row.scope} scope; this request needs {needed}.")
-    now = dt.datetime.now(dt.UTC)
+    now = utcnow()
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
         row.last_used_at = now
         db.session.commit()
@@ -202,7 +204,7 @@ def _datetime(data: dict, name: str, fields: dict, required: bool = False) -> dt
         fields[name] = "must be a string"
         return None
     try:
-        return seats_import.parse_when(value, counts.org_timezone())
+        return seats_import.parse_when(value, org_zone())
     except ValueError:
         fields[name] = "an ISO 8601 date or date-time, e.g. 2025-01-31 or 2025-01-31T18:00:00Z"
         return None
@@ -289,7 +291,9 @@ def upsert_product():
         fields["count_rule"] = "one of " + ", ".join(COUNT_RULES)
     active = _bool(data, "active", fields)
     _invalid(fields)
-    product = db.session.scalar(select(Product).where(func.lower(Product.name) == name.lower()))
+    # The exact name too: SQLite's lower() folds ASCII only, and the name is unique as typed.
+    product = db.session.scalar(select(Product).where(
+        or_(Product.name == name, func.lower(Product.name) == name.lower())).limit(1))
     created = product is None
     if created:
         product = Product(name=name, count_rule=rule or COUNT_RULES[0], active=True if active is None else active)
@@ -322,7 +326,7 @@ def list_seats():
     if request.args.get("user_email"):
         query = query.where(Seat.user_email == request.args["user_email"].strip().lower())
     if request.args.get("active") in ("true", "false"):
-        now = dt.datetime.now(dt.UTC)
+        now = utcnow()
         is_active = (Seat.active_from <= now) & or_(Seat.active_to.is_(None), Seat.active_to > now)
         query = query.where(is_active if request.args["active"] == "true" else ~is_active)
     return _paged(query, seat_json)
@@ -455,7 +459,7 @@ def deactivate_seat(seat_id: int):
     data = request.get_json(silent=True) or {}
     fields: dict = {}
     end = _datetime(data, "active_to", fields) if isinstance(data, dict) else None
-    end = end or dt.datetime.now(dt.UTC)
+    end = end or utcnow()
     if not fields and end <= seat.active_from:
         fields["active_to"] = "must be after the seat's active_from"
     _invalid(fields)
@@ -511,7 +515,7 @@ def list_counts():
     payload["month"] = month.strftime("%Y-%m")
     payload["closed"] = counts.is_closed(month)
     payload["frozen"] = frozen
-    payload["computed_at"] = _when(as_of) if company_ids is None else _when(dt.datetime.now(dt.UTC))
+    payload["computed_at"] = _when(as_of) if company_ids is None else _when(utcnow())
     return jsonify(payload)
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import event
 from ..extensions import db, htmx
 from ..inputs import page_number
 from ..models import AuditEvent
-from ..templating import org_zone
+from ..timezones import org_zone
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
 

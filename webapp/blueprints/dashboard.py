@@ -5,7 +5,7 @@ from sqlalchemy import func
 
 from ..extensions import db
 from ..models import Company, CompanyMapping, Integration, Seat, SyncRun
-from ..sync import NEEDING_ATTENTION
+from ..sync import NEEDING_ATTENTION, CompanyStatus
 from .integrations import latest_run
 
 bp = Blueprint("dashboard", __name__)
@@ -34,11 +34,11 @@ def attention_url(integrations: list[Integration]) -> str:
     statuses: dict[int, set[str]] = {}
     for integration_id, status in db.session.execute(
             db.select(CompanyMapping.integration_id, CompanyMapping.status).distinct()
-            .where(CompanyMapping.status.in_(["needs attention", "error"]), CompanyMapping.excluded.is_(False))):
+            .where(CompanyMapping.status.in_(NEEDING_ATTENTION), CompanyMapping.excluded.is_(False))):
         statuses.setdefault(integration_id, set()).add(status)
     with_problems = [i for i in integrations if i.id in statuses]
     if len(with_problems) == 1:
         only = with_problems[0]
         return url_for(f"{only.kind}.companies",
-                       filter="attention" if "needs attention" in statuses[only.id] else "error")
+                       filter="attention" if CompanyStatus.NEEDS_ATTENTION in statuses[only.id] else "error")
     return "#integrations"

@@ -38,7 +38,7 @@ from ..security import admin_only, safe_next
 from ..sync import ACTIVE_RUN, BUSY, CompanyStatus, SyncUnavailable, mapping_edited, shown_status, unavailable_reason
 from ..sync import start_sync as engine_start_sync
 from ..sync.schedule import next_slot
-from ..templating import org_zone
+from ..timezones import org_zone
 
 bp = Blueprint("integrations", __name__, url_prefix="/integrations")
 

@@ -24,8 +24,10 @@ from .. import audit, counts, seats_import
 from ..extensions import db, htmx
 from ..inputs import accepts_upload, db_int_or_none, page_number
 from ..models import Company, CountOverride, MonthlyCount, Product, Seat
+from ..models._types import utcnow
 from ..models.seats import COUNT_RULES
 from ..security import admin_only, safe_next
+from ..timezones import org_zone
 from .errors import render_error
 
 bp = Blueprint("seats", __name__, cli_group=None)
@@ -74,7 +76,7 @@ def _parse_local(value: str, field: str, required: bool = True) -> dt.datetime |
             raise ValueError(f"{field} is required")
         return None
     try:
-        return seats_import.parse_when(value, counts.org_timezone())
+        return seats_import.parse_when(value, org_zone())
     except ValueError:
         raise ValueError(f"{field}: use YYYY-MM-DD or YYYY-MM-DD HH:MM") from None
 
@@ -129,7 +131,7 @@ def _company_list():
         query = query.where(Company.active.is_(status == "active"))
     page = _paginate(query.order_by(func.lower(Company.name), Company.id), _page_number(), PAGE_SIZE)
     ids = [row.id for row in page["items"]]
-    now = dt.datetime.now(dt.UTC)
+    now = utcnow()
     seats_now = {}
     if ids:
         seats_now = dict(db.session.execute(
@@ -197,7 +199,7 @@ def _company_context(company: Company) -> dict:
         "company": company, "seats": seats, "search": search, "products": products, "months": months,
         "count_rows": rows, "overrides": overrides, "rule_labels": RULE_LABELS,
         "chart": _chart({r["product"].name: r["values"] for r in rows}, months),
-        "now": dt.datetime.now(dt.UTC), **columns,
+        "now": utcnow(), **columns,
         "overridden": _override_notes([company.id], months),
         "closed_months": counts.drifted_closed_months([company.id]),
         "frozen": {m for m in months if counts.month_is_frozen(m)},
@@ -237,7 +239,7 @@ def set_company_active(company_id: int):
     active = request.form.get("active") == "1"
     ended = 0
     if not active and company.active:
-        now = dt.datetime.now(dt.UTC)
+        now = utcnow()
         open_seats = db.session.scalars(select(Seat).where(Seat.company_id == company.id, or_(
             Seat.active_to.is_(None), Seat.active_to > now))).all()
         for seat in open_seats:
@@ -300,7 +302,7 @@ def add_seat(company_id: int):
 @bp.post("/seats/<int:seat_id>/end")
 def end_seat(seat_id: int):
     seat = db.session.get(Seat, seat_id) or abort(404)
-    now = dt.datetime.now(dt.UTC)
+    now = utcnow()
     if seat.active_to is None or seat.active_to > now:
         before = str(seat.active_to)
         seat.active_to = max(now, seat.active_from + dt.timedelta(seconds=1))

@@ -24,12 +24,8 @@ from .state import (
     LineAction,
     RunState,
     Verification,
-    line_words,
     mapping_edited,
-    run_words,
     shown_status,
-    tone,
-    verification_words,
 )
 
 TRIGGERS = ("schedule", "sync_now", "row", "cli", "api")
@@ -126,7 +122,7 @@ from .state import verification_summary  # noqa: E402
 __all__ = ["SyncUnavailable", "start_sync", "unavailable_reason", "syncable_mappings_query", "review_changes",
            "verification_summary",
            "BUSY", "ACTIVE_RUN", "NEEDING_ATTENTION", "CompanyStatus", "LineAction", "RunState", "Verification",
-           "line_words", "mapping_edited", "run_words", "shown_status", "tone", "verification_words"]
+           "mapping_edited", "shown_status"]
 
 # Registers the cron-tick handlers (schedules, the stale-run sweeper) wherever the engine is loaded.
 from . import jobs as _jobs  # noqa: E402,F401

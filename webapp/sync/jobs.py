@@ -166,7 +166,7 @@ def push_companies(run_id: int, mapping_ids: list[int], *, leases: Leases, job_i
             db.session.commit()
             Pusher(run, integration, leases, job_id=job_id).push(held)
     state.close_run_if_done(run_id)
-    sweep_run(run_id, dt.datetime.now(dt.UTC))
+    sweep_run(run_id, utcnow())
     return {"companies": len(ids)}
 
 

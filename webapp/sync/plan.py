@@ -10,9 +10,9 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from zoneinfo import ZoneInfo
 
 from ..psa_clients.base import Line
+from ..timezones import zone_named
 
 # What a change asks the PSA to do.
 NONE, UPDATE, CREATE, ATTENTION = "none", "update", "create", "attention"
@@ -144,9 +144,5 @@ def billed_month_start(now: dt.datetime, timezone: str) -> dt.date:
     only in which month's counts they carry. New lines and changes take effect from this day, and
     Autotask units are read for the period that holds it.
     """
-    try:
-        zone = ZoneInfo(timezone or "UTC")
-    except Exception:
-        zone = ZoneInfo("UTC")
-    local = now.astimezone(zone)
+    local = now.astimezone(zone_named(timezone))
     return local.date().replace(day=1)

@@ -46,6 +46,7 @@ from ..psa_clients.base import (
     WriteOptions,
     WriteResult,
 )
+from ..timezones import org_zone
 from . import plan as planning
 from . import record, state
 from .leases import Leases, lock_key
@@ -98,15 +99,13 @@ class Pusher:
 
     def __init__(self, run, integration: Integration, leases: Leases, *, job_id: str | None,
                  client: PsaClient | None = None, sleep: Callable[[float], None] = time.sleep):
-        from ..counts import org_timezone
-
         self.run_id, self.month, self.review = run.id, run.month, bool(run.dry_run)
         self.integration_id, self.kind = integration.id, integration.kind
         self.job_id = job_id
         self.leases = leases
         self.sleep = sleep
         self.client = client or client_for(integration)
-        self.on = planning.billed_month_start(utcnow(), str(org_timezone()))
+        self.on = planning.billed_month_start(utcnow(), org_zone().key)
         self.write_options = WriteOptions(effective_date=self.on, keep_history=bool(integration.option("keep_history")))
         self.decreases_need_approval = bool(integration.option("decreases_need_approval"))
         self.create_missing = bool(integration.option("create_missing_lines"))

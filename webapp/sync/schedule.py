@@ -17,6 +17,8 @@ from sqlalchemy import or_, select, update
 from ..extensions import db
 from ..jobs import on_cron_tick
 from ..models import Integration
+from ..models._types import utcnow
+from ..timezones import org_zone
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +26,6 @@ log = logging.getLogger(__name__)
 # older one is skipped rather than surprising anyone with a sync hours late.
 CATCH_UP = dt.timedelta(hours=2)
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-
-
-def _zone(name: str | None) -> ZoneInfo:
-    try:
-        return ZoneInfo(name or "UTC")
-    except Exception:
-        return ZoneInfo("UTC")
 
 
 def _at(day: dt.date, time: dt.time, zone: ZoneInfo) -> dt.datetime:
@@ -73,17 +68,11 @@ def next_slot(kind: str, time: dt.time, weekday: int, zone: ZoneInfo, now: dt.da
     return None
 
 
-def org_zone() -> ZoneInfo:
-    from ..models import Organisation
-
-    return _zone(Organisation.get().timezone)
-
-
 def next_run(integration: Integration, now: dt.datetime | None = None) -> dt.datetime | None:
     if not integration.enabled:
         return None
     return next_slot(integration.schedule_kind, integration.schedule_time, integration.schedule_weekday,
-                     org_zone(), now or dt.datetime.now(dt.UTC))
+                     org_zone(), now or utcnow())
 
 
 def describe(integration: Integration) -> str:

@@ -84,56 +84,42 @@ OUTCOME_COLUMN = {
 }
 
 # --------------------------------------------------------------------------------------------------
-# Words a billing admin reads (one place, used by every page) and the badge colour of each.
+# Words a billing admin reads (one place, used by every page through the `status` filter) and the tone
+# (colour) of each. Values shared by two vocabularies (a run and a company are both "queued") mean the
+# same to the admin, so one flat table serves all four.
 # --------------------------------------------------------------------------------------------------
-RUN_WORDS = {
-    RunState.QUEUED: "queued",
-    RunState.RUNNING: "running",
+WORDS = {
     RunState.AWAITING_REVIEW: "waiting for approval",
-    RunState.FINISHED: "finished",
     RunState.FAILED: "stopped",
-    RunState.CANCELLED: "cancelled",
-}
-LINE_WORDS = {
-    LineAction.NONE: "in sync",
-    LineAction.UPDATED: "updated",
+    LineAction.NONE: "no change",
     LineAction.CREATED: "line created",
     LineAction.REPLACED: "replaced (history kept)",
-    LineAction.ADJUSTED: "adjusted",
     LineAction.NEEDS_ATTENTION: "needs attention",
-    LineAction.ERROR: "error",
     LineAction.PLANNED: "waiting for approval",
     LineAction.APPROVED: "approved, pushing",
-    LineAction.DISMISSED: "dismissed",
-}
-VERIFICATION_WORDS = {
-    Verification.VERIFIED: "verified",
     Verification.MISMATCH: "PSA differs",
     Verification.NOT_VERIFIABLE: "not verifiable",
 }
 TONES = {
-    CompanyStatus.IN_SYNC: "ok", CompanyStatus.UPDATED: "ok", CompanyStatus.NEEDS_ATTENTION: "attention",
-    CompanyStatus.ERROR: "error", CompanyStatus.QUEUED: "live", CompanyStatus.SYNCING: "live",
-    CompanyStatus.EXCLUDED: "muted", CompanyStatus.DISABLED: "muted", CompanyStatus.NEVER_SYNCED: "muted",
-    RunState.FINISHED: "ok", RunState.FAILED: "error", RunState.AWAITING_REVIEW: "attention",
-    RunState.CANCELLED: "muted", RunState.RUNNING: "live",
-    LineAction.NONE: "ok", LineAction.UPDATED: "ok", LineAction.CREATED: "ok", LineAction.REPLACED: "ok",
-    LineAction.ADJUSTED: "ok", LineAction.NEEDS_ATTENTION: "attention", LineAction.ERROR: "error",
-    LineAction.PLANNED: "attention", LineAction.APPROVED: "live", LineAction.DISMISSED: "muted",
-    Verification.VERIFIED: "ok", Verification.MISMATCH: "error", Verification.NOT_VERIFIABLE: "muted",
+    **dict.fromkeys((CompanyStatus.IN_SYNC, CompanyStatus.UPDATED, RunState.FINISHED, *WRITTEN, LineAction.NONE,
+                     Verification.VERIFIED), "ok"),
+    **dict.fromkeys((CompanyStatus.QUEUED, CompanyStatus.SYNCING, RunState.RUNNING, LineAction.APPROVED), "live"),
+    **dict.fromkeys((CompanyStatus.NEEDS_ATTENTION, RunState.AWAITING_REVIEW, LineAction.NEEDS_ATTENTION,
+                     LineAction.PLANNED), "attention"),
+    **dict.fromkeys((CompanyStatus.ERROR, RunState.FAILED, Verification.MISMATCH), "error"),
+    **dict.fromkeys((CompanyStatus.EXCLUDED, CompanyStatus.DISABLED, CompanyStatus.NEVER_SYNCED, RunState.CANCELLED,
+                     LineAction.DISMISSED, Verification.NOT_VERIFIABLE), "muted"),
 }
+ENGINE_VALUES = frozenset(str(v) for v in (*RunState, *CompanyStatus, *LineAction, *Verification))
 
 
-def run_words(state) -> str:
-    return RUN_WORDS.get(state, str(state or ""))
+def is_engine_value(value) -> bool:
+    return str(value or "") in ENGINE_VALUES
 
 
-def line_words(action) -> str:
-    return LINE_WORDS.get(action, str(action or ""))
-
-
-def verification_words(value) -> str:
-    return VERIFICATION_WORDS.get(value, "")
+def word(value) -> str:
+    """The admin's words for a run state, company status, line action or verification."""
+    return WORDS.get(value, str(value or "").replace("_", " "))
 
 
 def tone(value) -> str:
