@@ -11,8 +11,10 @@ from sqlalchemy import text
 from tests.fixtures.workers import (
     EB,
     PM,
+    REVIEW_SEATS,
     adjustments_per_line,
     build_world,
+    companies_of,
     held_quantities,
     psa_writes,
     wait_for_run,
@@ -24,19 +26,6 @@ from webapp.sync import BUSY, LineAction, RunState, Verification, review_changes
 from webapp.sync.state import WRITTEN
 
 pytestmark = pytest.mark.integration
-
-# Demo agreements: Acme Dental bills 5 Password Manager Business, Cedar Law Group 7, Evergreen Clinic 9.
-REVIEW_SEATS = {
-    ("Acme Dental", PM): 5,  # as in the PSA
-    ("Acme Dental", EB): 2,  # no line yet: created once approved
-    ("Bluebird Logistics", PM): 4,  # no line yet: dismissed, so never created
-    ("Cedar Law Group", PM): 3,  # 7 in the PSA: lowered once approved
-}
-
-
-def companies_of(seats) -> list[str]:
-    return sorted({company for company, _ in seats})
-
 
 def run_lines(run_id: int) -> dict[tuple[str, str], list[LineResult]]:
     """The run's line results by (company, product name)."""

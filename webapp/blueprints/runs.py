@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 
-from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, flash, make_response, redirect, render_template, request, url_for
 from sqlalchemy import func, select
 
 from ..extensions import db, htmx
@@ -68,7 +68,12 @@ def _companies(run: SyncRun, status: str = ""):
 def detail(run_id: int):
     run = _run_or_404(run_id)
     if htmx and request.args.get("part") == "progress":
-        return render_template("runs/_progress.html", run=run, verification=verification_summary(run.id))
+        response = make_response(render_template("runs/_progress.html", run=run,
+                                                 verification=verification_summary(run.id)))
+        if run.state not in ACTIVE_RUN:
+            # The run ended while the page watched it: reload once, so its lines show what was written.
+            response.headers["HX-Refresh"] = "true"
+        return response
     company = request.args.get("company", type=db_int)
     companies = _companies(run)
     if company:
