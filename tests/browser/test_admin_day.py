@@ -31,14 +31,6 @@ from webapp.models import (
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture
-def connected(live_server, psa_sim):
-    """The demo data, ConnectWise connected to the simulator."""
-    with live_server.app.app_context():
-        seed_demo_data()
-        connect("connectwise", psa_sim)
-    return live_server
-
 
 def set_role(live_server, email: str, role: str) -> None:
     with live_server.app.app_context():

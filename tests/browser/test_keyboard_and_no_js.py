@@ -5,20 +5,11 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.fixtures.integrations import connect
-from webapp.cli import seed_demo_data
 from webapp.connections import get_integration
 from webapp.extensions import db
 
 pytestmark = pytest.mark.browser
 
-
-@pytest.fixture
-def connected(live_server, psa_sim):
-    with live_server.app.app_context():
-        seed_demo_data()
-        connect("connectwise", psa_sim)
-    return live_server
 
 
 def test_a_keyboard_user_opens_the_inline_editor_and_lands_in_it(connected, page):

@@ -99,7 +99,7 @@ def test_one_failed_lookup_in_the_middle_of_a_run_is_retried_and_the_run_ends_ri
 @pytest.mark.parametrize("kind", ["autotask", "kaseya_bms", "connectwise"])
 def test_a_real_refusal_at_the_lookup_still_marks_the_credentials_failing(kind, psa_sim, rq_workers, sync_redis):
     from psa_sim.seed import SIM_CREDENTIALS
-    from tests.fixtures.workers import HOST_FIELD
+    from tests.fixtures.integrations import HOST_FIELD
     from webapp.connections import save_credentials
 
     world = build_world(kind, psa_sim, SEATS)
