@@ -26,7 +26,7 @@ from webapp.sync import BUSY
 pytestmark = pytest.mark.browser
 
 SYNC_TIMEOUT = 30_000  # a worker process may take seconds to load on a busy machine
-WRITTEN = re.compile("^(updated|adjusted|created)$")
+WRITTEN = re.compile("^(updated|adjusted|line created)$")
 
 
 def company_section(page, company: str):
