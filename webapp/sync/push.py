@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 UNDOCUMENTED_CONCURRENCY = 3
 FINISH_GROUP = 10  # companies recorded per transaction…
 FINISH_EVERY = 0.25  # …or at least this often (seconds), so progress moves as companies finish
+STOP_CHECK_EVERY = 0.5  # seconds between two reads of the run's stop flag
 BACKOFF_FIRST, BACKOFF_MAX = 2.0, 60.0  # seconds between a company's attempts within a run
 
 
@@ -124,6 +125,7 @@ class Pusher:
         self.unverified: dict[MappingRef, list[LineResult]] = {}  # written, not yet flushed
         self.to_verify: dict[MappingRef, list[record.Written]] = {}
         self.last_flush = time.monotonic()
+        self.last_stop_check = 0.0
         self.intents: dict = {}
 
     # -- preparing ---------------------------------------------------------------------------------
@@ -390,8 +392,14 @@ class Pusher:
             raise Stop()
 
     def check_stop(self) -> None:
-        if self.stop.is_set() or state.stop_reason(self.run_id):
+        """Stop when this job rejected the credentials, or another job stopped the run (read at most every
+        STOP_CHECK_EVERY seconds: the loop turns at every answer)."""
+        if self.stop.is_set():
             raise Stop()
+        if time.monotonic() - self.last_stop_check >= STOP_CHECK_EVERY:
+            self.last_stop_check = time.monotonic()
+            if state.stop_reason(self.run_id):
+                raise Stop()
 
     def release_stopped(self) -> None:
         """Close the companies this job still holds: not pushed because the run was stopped."""

@@ -286,23 +286,23 @@ def finish_companies(run_id: int, done: Iterable[Finished], *, job_id: str | Non
     """Record companies as done in the run: status, reason, Last Sync, released from their job, and the
     run's counters, in the caller's transaction. With `job_id`, only companies that job still owns
     (a company handed to another job meanwhile is that job's to finish). Returns how many were finished."""
-    done = list(done)
+    done = {item.mapping_id: item for item in done}
     if not done:
         return 0
+    # Locked in id order, the one order every job uses: no lock-order deadlock between jobs.
+    owned = select(CompanyMapping.id).where(CompanyMapping.id.in_(list(done)), CompanyMapping.sync_run_id == run_id)
+    if job_id is not None:
+        owned = owned.where(CompanyMapping.job_id == job_id)
+    ids = list(db.session.scalars(owned.order_by(CompanyMapping.id).with_for_update()))
     now = utcnow()
-    finished: Counter = Counter()
-    for item in sorted(done, key=lambda f: f.mapping_id):  # one order everywhere: no lock-order deadlock
-        query = update(CompanyMapping).where(CompanyMapping.id == item.mapping_id,
-                                             CompanyMapping.sync_run_id == run_id)
-        if job_id is not None:
-            query = query.where(CompanyMapping.job_id == job_id)
-        values = {"status": item.outcome, "status_reason": item.reason[:2000], "job_id": None, "sync_run_id": None}
-        if item.synced:
-            values["last_sync_at"] = now
-        if db.session.execute(query.values(**values).execution_options(synchronize_session=False)).rowcount:
-            finished[item.outcome] += 1
-    _count(run_id, finished)
-    return sum(finished.values())
+    rows = [{"id": i, "status": done[i].outcome, "status_reason": done[i].reason[:2000], "job_id": None,
+             "sync_run_id": None, **({"last_sync_at": now} if done[i].synced else {})} for i in ids]
+    for same_columns in (True, False):  # by primary key, one statement per set of columns
+        group = [r for r in rows if ("last_sync_at" in r) == same_columns]
+        if group:
+            db.session.execute(update(CompanyMapping), group)
+    _count(run_id, Counter(done[i].outcome for i in ids))
+    return len(ids)
 
 
 def reopen_for_approval(run: SyncRun, mapping_ids: Sequence[int], job: JobRef) -> list[int]:
