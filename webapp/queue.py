@@ -92,8 +92,12 @@ class EmbeddedWorker(threading.Thread):
                 self.stopping.wait(5)
             self.stopping.wait(0.2)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the job or cron tick in progress, and wait for it: its transaction must not outlive
+        the caller's (a test's TRUNCATE deadlocked against a tick still reading)."""
         self.stopping.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
 
 
 _start_lock = threading.Lock()
