@@ -185,12 +185,7 @@ def latest_run(integration: Integration) -> SyncRun | None:
 
 
 def display_status(mapping: CompanyMapping | None, integration: Integration | None = None) -> CompanyStatus:
-    """A row's status: excluded wins, then a disabled integration (its rows must not look live), then the
-    stored status."""
-    enabled = integration.enabled if integration is not None else True
-    if mapping is None:
-        return CompanyStatus.NEVER_SYNCED if enabled else CompanyStatus.DISABLED
-    return shown_status(mapping, enabled)
+    return shown_status(mapping, integration.enabled if integration is not None else True)
 
 
 # --------------------------------------------------------------------------------------------------

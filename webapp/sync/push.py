@@ -143,9 +143,12 @@ class Pusher:
         last = record.last_written([r.id for r in refs])
         approved = record.approved_lines(self.run_id, [r.id for r in refs])
         self.intents = self.recorder.pending_intents([r.agreement_id for r in refs])
+        by_company: dict[int, dict[int, int]] = {}
+        for (company_id, product_id), n in counts.items():  # grouped once, not scanned per company
+            by_company.setdefault(company_id, {})[product_id] = n
         out = []
         for ref in refs:
-            company_counts = {pid: n for (cid, pid), n in counts.items() if cid == ref.company_id}
+            company_counts = by_company.get(ref.company_id, {})
             company = Company(ref, planning.product_targets(company_counts, self.product_maps),
                               [(pid, names.get(pid, str(pid)), n) for pid, n in company_counts.items()
                                if pid in unmapped_ids and n], last.get(ref.id, {}))

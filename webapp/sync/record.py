@@ -166,20 +166,21 @@ class Recorder:
         attention. The caller commits."""
         for mapping, results in written.items():
             current = lines.get(mapping.agreement_id, [])
-            mismatches = 0
+            verified, mismatched = [], []
             for result_id, psa_product_id, target in results:
                 held = [ln.quantity for ln in current if ln.product_id == psa_product_id]
-                values = {"verification": Verification.VERIFIED}
-                if not (len(held) == 1 and held[0] is not None and float(held[0]) == float(target)):
-                    mismatches += 1
-                    shown = ", ".join("?" if q is None else f"{q:g}" for q in held) or "no line"
-                    values = {"verification": Verification.MISMATCH,
-                              "message": f"read back after the write: the PSA holds {shown}, SeatSync wrote {target}"}
-                db.session.execute(update(LineResult).where(LineResult.id == result_id).values(**values)
-                                   .execution_options(synchronize_session=False))
-            if mismatches:
+                if len(held) == 1 and held[0] is not None and float(held[0]) == float(target):
+                    verified.append({"id": result_id, "verification": Verification.VERIFIED})
+                    continue
+                shown = ", ".join("?" if q is None else f"{q:g}" for q in held) or "no line"
+                message = f"read back after the write: the PSA holds {shown}, SeatSync wrote {target}"
+                mismatched.append({"id": result_id, "verification": Verification.MISMATCH, "message": message})
+            for rows in (verified, mismatched):  # by primary key, one statement per kind
+                if rows:
+                    db.session.execute(update(LineResult), rows)
+            if mismatched:
                 state.reclassify(self.run_id, mapping.id, CompanyStatus.UPDATED, CompanyStatus.NEEDS_ATTENTION,
-                                 f"{mismatches} line(s) differ from what was written when read back.")
+                                 f"{len(mismatched)} line(s) differ from what was written when read back.")
 
 
 def last_written(mapping_ids: list[int]) -> dict[int, dict[str, float]]:

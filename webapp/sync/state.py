@@ -362,17 +362,19 @@ def settle_dismissed(run: SyncRun, mapping_ids: Iterable[int]) -> None:
 def mapping_edited(mapping: CompanyMapping) -> None:
     """A mapping's company or agreement changed: its status starts over unless a push holds it."""
     if mapping.status not in BUSY:
-        mapping.status = CompanyStatus.NEVER_SYNCED if mapping.last_sync_at is None else mapping.status
+        if mapping.last_sync_at is None:
+            mapping.status = CompanyStatus.NEVER_SYNCED
         mapping.status_reason = ""
 
 
-def shown_status(mapping: CompanyMapping, integration_enabled: bool = True) -> CompanyStatus:
-    """The status a page shows: excluded and disabled win over the last outcome."""
-    if mapping.excluded:
+def shown_status(mapping: CompanyMapping | None, integration_enabled: bool = True) -> CompanyStatus:
+    """The status a page shows for a company (its mapping may not exist yet): excluded wins, then a
+    disabled integration (its rows must not look live), then the last outcome."""
+    if mapping is not None and mapping.excluded:
         return CompanyStatus.EXCLUDED
-    if not integration_enabled and mapping.status not in BUSY:
+    if not integration_enabled and (mapping is None or mapping.status not in BUSY):
         return CompanyStatus.DISABLED
-    return CompanyStatus(mapping.status or CompanyStatus.NEVER_SYNCED)
+    return CompanyStatus(mapping.status if mapping is not None and mapping.status else CompanyStatus.NEVER_SYNCED)
 
 
 # --------------------------------------------------------------------------------------------------
