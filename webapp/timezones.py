@@ -19,6 +19,15 @@ def zone_named(name: str | None) -> ZoneInfo:
 
 
 def org_zone() -> ZoneInfo:
+    """Read once per request: a page shows dozens of times (each row's Last Sync), and the
+    Organisation row was re-read from the database for each (the company mapping page went from 60 to
+    125 ms). A setting saved in a request redirects, so the next request reads it afresh."""
+    from flask import has_request_context, request
+
     from .models import Organisation
 
-    return zone_named(Organisation.get().timezone)
+    if not has_request_context():
+        return zone_named(Organisation.get().timezone)
+    if "seatsync.org_zone" not in request.environ:  # the request's own, not `g` (an app context may span requests)
+        request.environ["seatsync.org_zone"] = zone_named(Organisation.get().timezone)
+    return request.environ["seatsync.org_zone"]
