@@ -61,6 +61,7 @@ import redis as redis_lib
 from werkzeug.serving import make_server
 
 from bench.common import bench_environ, migrated_app, throwaway_database
+from webapp.models._types import utcnow
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,6 +289,17 @@ def start_workers(count: int, environ: dict) -> list[subprocess.Popen]:
             for _ in range(count)]
 
 
+def wait_until_listening(count: int, environ: dict, timeout: float = 60) -> None:
+    """Until `count` workers listen on the bench's queue: a production fleet is up before a sync starts,
+    so the clock starts then, not while the processes still import the app."""
+    from rq import Queue, Worker
+
+    queue = Queue(environ["QUEUE_NAME"], connection=redis_lib.Redis.from_url(REDIS_URL))
+    deadline = time.monotonic() + timeout
+    while Worker.count(queue=queue) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def stop_workers(workers: list[subprocess.Popen]) -> None:
     for worker in workers:
         with contextlib.suppress(ProcessLookupError):
@@ -303,7 +315,7 @@ def run_one_sync(mapped: Mapped, sim: Sim, args, environ: dict) -> Outcome:
 
     workers = start_workers(args.workers, environ)
     try:
-        time.sleep(2)  # workers up before the clock starts
+        wait_until_listening(args.workers, environ)
         sim.state.clear_log()
         started = time.monotonic()
         run = start_sync(mapped.integration, trigger="cli")
@@ -472,7 +484,7 @@ def bench_every_psa(args, state, host: str, environ: dict) -> list[str]:
     from webapp.counts import push_month
     from webapp.sync.plan import billed_month_start
 
-    now = dt.datetime.now(dt.UTC)
+    now = utcnow()
     products = add_companies_and_targets(args.companies, push_month("last_closed_month", now))
     sim = Sim(state, host, billed_month_start(now, "UTC"))
     print(f"{args.companies} companies × 3 products, simulator latency {args.latency_ms:g} ms, "
