@@ -214,6 +214,46 @@ def test_a_worker_killed_mid_autotask_run_leaves_work_the_next_worker_finishes_w
     assert len({(r.company_mapping_id, r.psa_product_id) for r in completed}) == len(completed)
 
 
+@pytest.mark.parametrize("trigger", ["row", "schedule"])
+def test_a_worker_killed_during_a_row_sync_or_a_scheduled_run_leaves_work_the_next_worker_finishes_once(
+        trigger, psa_sim, rq_workers):
+    import datetime as dt
+    import time
+
+    from webapp.jobs import cron_tick
+    from webapp.models import SyncRun
+    from webapp.models._types import utcnow
+
+    seats = {("Cedar Law Group", PM): 3, ("Evergreen Clinic", PM): 2, ("Granite Accounting", PM): 12}
+    world = build_world("autotask", psa_sim, seats, companies=[name for name, _ in seats])
+    held = world.quantities()
+    psa_sim.faults(latency_ms=400)  # the sim applies a request after its latency, even if the caller died
+    if trigger == "row":
+        run = world.start(trigger="row", company_mapping=world.mappings["Granite Accounting"])
+        pushed = {("Granite Accounting", PM): 12}
+    else:  # the clock's own tick, one minute after the daily slot (the organisation's zone is UTC)
+        world.integration.schedule_kind = "daily"
+        world.integration.schedule_time = (utcnow() - dt.timedelta(minutes=1)).time().replace(second=0,
+                                                                                               microsecond=0)
+        db.session.commit()
+        cron_tick()
+        run = db.session.scalars(db.select(SyncRun).filter_by(trigger="schedule")).one()
+        pushed = seats
+    (victim,) = rq_workers.start(1)
+    wait_until_in_flight(psa_sim, "adjustment")
+    rq_workers.kill(victim)  # its delta reaches Autotask; SeatSync never hears back
+    time.sleep(0.6)
+    psa_sim.faults(latency_ms=0)
+
+    rq_workers.start(1)
+    finished = wait_for_run(run.id)
+    assert finished.trigger == trigger
+    assert finished.state == "finished" and finished.errors == 0, rq_workers.output()[-3000:]
+    assert finished.done == finished.total == len(pushed)
+    assert world.quantities() == {**held, **{k: [float(v)] for k, v in pushed.items()}}
+    assert all(len(v) == 1 for v in adjustments_per_line(psa_sim).values()), adjustments_per_line(psa_sim)
+
+
 STORM_SEATS = {**SEATS, ("Evergreen Clinic", PM): 6, ("Granite Accounting", EB): 3, ("Bluebird Logistics", EB): 2}
 
 
