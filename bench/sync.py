@@ -85,6 +85,15 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def projected_wall(kind: str, sent: list[dict], wall: float) -> str:
     """The wall time under the PSA's real hourly budget, which the bench lifts for the simulator.
 
@@ -158,6 +167,7 @@ class Outcome:
     error_reasons: Counter = field(default_factory=Counter)
     wrong: list[str] = field(default_factory=list)
     lines: int = 0
+    cpu: float = 0.0  # the workers' CPU seconds during the run
 
 
 def start_simulator(companies: int) -> tuple[object, object, str]:
@@ -316,6 +326,7 @@ def run_one_sync(mapped: Mapped, sim: Sim, args, environ: dict) -> Outcome:
     workers = start_workers(args.workers, environ)
     try:
         wait_until_listening(args.workers, environ)
+        cpu_before = sum(cpu_seconds(w.pid) for w in workers)
         sim.state.clear_log()
         started = time.monotonic()
         run = start_sync(mapped.integration, trigger="cli")
@@ -331,12 +342,13 @@ def run_one_sync(mapped: Mapped, sim: Sim, args, environ: dict) -> Outcome:
             in_flight = sim.state.in_flight.report()
             sent = [r for r in sim.state.log if r["psa"] == mapped.kind]
         rss = max(peak_rss_mb(w.pid) for w in workers)
+        cpu = sum(cpu_seconds(w.pid) for w in workers) - cpu_before
     finally:
         stop_workers(workers)
     companies = db.session.scalars(db.select(CompanyMapping).filter_by(integration_id=mapped.integration.id)).all()
     statuses = Counter(value_of(m.status) for m in companies)
     reasons = Counter(m.status_reason[:160] for m in companies if value_of(m.status) == "error")
-    return Outcome(current, finished, wall, rss, sent, in_flight, statuses, reasons)
+    return Outcome(current, finished, wall, rss, sent, in_flight, statuses, reasons, cpu=cpu)
 
 
 def describe_run(outcome: Outcome) -> str:
@@ -448,7 +460,8 @@ def calm_run(mapped: Mapped, sim: Sim, args, environ: dict, ceiling: Ceiling) ->
     projected = projected_wall(mapped.kind, outcome.sent, outcome.wall)
     if projected:
         print(f"  {projected}")
-    print(f"  worker peak RSS {outcome.rss:.0f} MB (target ≤ 150 MB)")
+    print(f"  worker peak RSS {outcome.rss:.0f} MB (target ≤ 150 MB); workers' CPU {outcome.cpu:.1f} s "
+          f"({1000 * outcome.cpu / max(1, calls):.1f} ms per PSA call)")
     print("\n".join(describe_lines(outcome)))
     return problems_of(f"{mapped.kind} calm", outcome)
 
