@@ -52,6 +52,20 @@ class Line:
     line_id: str
     quantity: float | None
     description: str = ""
+    unit_price: float | None = None
+    unit_cost: float | None = None
+    currency: str = ""
+
+
+@dataclass(frozen=True)
+class ComputedLine(Line):
+    """A line whose quantity the PSA computes itself (HaloPSA: from users, licences or assets).
+
+    SeatSync never writes it: a sync reports it as needing attention with `reason` and `hint`.
+    """
+
+    reason: str = ""
+    hint: str = ""
 
 
 @dataclass(frozen=True)
@@ -152,13 +166,14 @@ class CredentialField:
 class PsaClient(abc.ABC):
     """One connection to one PSA tenant. Construct through `webapp.psa_clients.make_client`."""
 
-    kind: ClassVar[str]  # "connectwise" | "autotask" | "kaseya_bms"
+    kind: ClassVar[str]  # "connectwise" | "autotask" | "kaseya_bms" | "halopsa"
     display_name: ClassVar[str]
     # PSA limits enforced across all workers (see http.py): requests per hour, concurrent requests
     # per endpoint. None = no documented limit.
     hourly_limit: ClassVar[int | None] = None
     concurrency_per_endpoint: ClassVar[int | None] = None
     hourly_per_endpoint: ClassVar[bool] = False  # True: the hourly budget counts per endpoint, not per tenant
+    minute_limit: ClassVar[int | None] = None  # requests per minute per tenant (HaloPSA)
     quantity_readable: ClassVar[bool] = True  # False: read_lines returns lines with quantity None
     credential_fields: ClassVar[tuple[CredentialField, ...]]
 
