@@ -60,7 +60,8 @@ def fill_credentials(page, kind, psa_sim, secret):
     for field in client_class(kind).credential_fields:
         if field.name in values:
             value = secret if field.label == secret_label else values[field.name]
-            page.get_by_label(field.label, exact=True).fill(value)
+            # An optional field's label ends in "(optional)".
+            page.get_by_label(re.compile(rf"^{re.escape(field.label)}( \(optional\))?$")).fill(value)
 
 
 def status_cell(page, company: str):
