@@ -147,6 +147,14 @@ class HostRefused(PsaError):
     default_hint = "Enter the PSA's public host name, e.g. na.myconnectwise.net."
 
 
+def int_ids(values: Iterable[Any], what: str, psa: str) -> list[int]:
+    """PSA record ids as the integers the API wants; a clear ValidationFailed for anything else."""
+    try:
+        return [int(str(v).strip()) for v in values]
+    except ValueError:
+        raise ValidationFailed(f"A {psa} {what} id must be a number.") from None
+
+
 @dataclass(frozen=True)
 class CredentialField:
     """One field of a PSA's credential form, with the label the seeds use."""
@@ -272,3 +280,40 @@ class PsaClient(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most clients share one session
         """Release pooled connections."""
+
+    @classmethod
+    def clean_host_form(cls, values: dict[str, str], *, dev_hosts: frozenset[str],
+                        hint: str) -> tuple[dict[str, str], list[str]]:
+        """normalize_credentials of a form with one host field: values trimmed, secrets kept exactly as typed
+        (a secret may end in a space), the host field reduced to the host (http.normalize_host)."""
+        from .http import normalize_host  # http builds on this module
+
+        cleaned, notices = PsaClient.normalize_credentials(values)
+        for form_field in cls.credential_fields:
+            name = form_field.name
+            if form_field.secret and values.get(name) is not None:
+                cleaned[name] = values[name]
+            elif form_field.host and cleaned.get(name):
+                cleaned[name], notice = normalize_host(cleaned[name], psa=cls.display_name, field=form_field.label,
+                                                       hint=hint, dev_hosts=frozenset(dev_hosts))
+                notices += [notice] if notice else []
+        return cleaned, notices
+
+
+class BatchWritingClient(PsaClient):
+    """A client whose API writes many lines of one agreement in one request (Kaseya BMS, HaloPSA).
+
+    It implements set_quantities; set_quantity is a batch of one.
+    """
+
+    def set_quantity(self, agreement_id: str, product_id: str, target: int, *, current: Line | None,
+                     options: WriteOptions) -> WriteResult:
+        (result,) = self.set_quantities(agreement_id, [QuantityChange(product_id, target, current)], options=options)
+        if isinstance(result, PsaError):
+            raise result
+        return result
+
+    @abc.abstractmethod
+    def set_quantities(self, agreement_id: str, changes: Sequence[QuantityChange], *,
+                       options: WriteOptions) -> list[WriteResult | PsaError]:
+        """See PsaClient.set_quantities: every line in as few requests as the API allows."""

@@ -22,19 +22,20 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from typing import Any
 
 import requests
 
 from .base import (
     Agreement,
+    BatchWritingClient,
     ComputedLine,
     CredentialField,
     CredentialsRejected,
     Line,
     NotFound,
     PermissionDenied,
-    PsaClient,
     PsaError,
     PsaItem,
     QuantityChange,
@@ -42,6 +43,7 @@ from .base import (
     ValidationFailed,
     WriteOptions,
     WriteResult,
+    int_ids,
 )
 from .http import DEFAULT_TIMEOUT, PsaHttp, RetryPolicy, base_url_for, limiter_for, normalize_host
 from .tokens import BearerToken, SharedTokens
@@ -84,10 +86,7 @@ MANAGED_HINT = ("Halo computes this line's quantity (from users, licences or ass
 
 
 def _int_ids(values: Iterable[Any], what: str) -> list[int]:
-    try:
-        return [int(str(v).strip()) for v in values]
-    except ValueError:
-        raise ValidationFailed(f"A HaloPSA {what} id must be a number.") from None
+    return int_ids(values, what, "HaloPSA")
 
 
 def _date(value: Any) -> dt.date | None:
@@ -111,7 +110,7 @@ def _new_line(ihid: int, item_id: int, quantity: int, effective: dt.date) -> dic
     return {"ihid": ihid, "_itemid": item_id, "qty_order": quantity, "startdate": f"{effective:%Y-%m-%d}T00:00:00"}
 
 
-class HaloPsaClient(PsaClient):
+class HaloPsaClient(BatchWritingClient):
     kind = "halopsa"
     display_name = "HaloPSA"
     minute_limit = 60  # per instance (notes §4)
@@ -131,16 +130,7 @@ class HaloPsaClient(PsaClient):
     @classmethod
     def normalize_credentials(cls, values: dict[str, str], *, dev_hosts: frozenset[str] = frozenset()
                               ) -> tuple[dict[str, str], list[str]]:
-        secret = values.get("client_secret")
-        cleaned, notices = super().normalize_credentials(values)
-        if secret is not None:
-            cleaned["client_secret"] = secret  # a secret is never altered
-        if cleaned.get("instance"):
-            cleaned["instance"], notice = normalize_host(cleaned["instance"], psa="HaloPSA", field="Instance URL",
-                                                         hint=INSTANCE_HINT, dev_hosts=frozenset(dev_hosts))
-            if notice:
-                notices.append(notice)
-        return cleaned, notices
+        return cls.clean_host_form(values, dev_hosts=dev_hosts, hint=INSTANCE_HINT)
 
     def __init__(self, credentials: dict[str, Any], *, redis=None, dev_hosts: frozenset[str] = frozenset(),
                  config: dict[str, Any] | None = None):
@@ -324,12 +314,7 @@ class HaloPsaClient(PsaClient):
 
     def search_companies(self, search: str = "", *, type_ids: Sequence[str] = (), status_ids: Sequence[str] = (),
                          limit: int = 50) -> list[PsaItem]:
-        found = []
-        for item in self._customers(search, type_ids, status_ids):
-            found.append(item)
-            if len(found) >= limit:
-                break
-        return found
+        return list(islice(self._customers(search, type_ids, status_ids), max(0, limit)))
 
     def list_companies(self, *, type_ids: Sequence[str] = (), status_ids: Sequence[str] = ()) -> list[PsaItem]:
         return list(self._customers("", type_ids, status_ids))
@@ -415,13 +400,6 @@ class HaloPsaClient(PsaClient):
         if raw.get("recurring_invoice_quantity_type"):
             return ComputedLine(**values, reason=MANAGED, hint=MANAGED_HINT)
         return Line(**values)
-
-    def set_quantity(self, agreement_id: str, product_id: str, target: int, *, current: Line | None,
-                     options: WriteOptions) -> WriteResult:
-        (result,) = self.set_quantities(agreement_id, [QuantityChange(product_id, target, current)], options=options)
-        if isinstance(result, PsaError):
-            raise result
-        return result
 
     def set_quantities(self, agreement_id: str, changes: Sequence[QuantityChange], *,
                        options: WriteOptions) -> list[WriteResult | PsaError]:

@@ -34,12 +34,12 @@ import requests
 
 from .base import (
     Agreement,
+    BatchWritingClient,
     CredentialField,
     CredentialsRejected,
     Line,
     NotFound,
     PermissionDenied,
-    PsaClient,
     PsaError,
     PsaItem,
     QuantityChange,
@@ -47,6 +47,7 @@ from .base import (
     ValidationFailed,
     WriteOptions,
     WriteResult,
+    int_ids,
 )
 from .http import DEFAULT_TIMEOUT, PsaHttp, RetryPolicy, base_url_for, limiter_for, normalize_host
 from .tokens import BearerToken, SharedTokens
@@ -134,10 +135,7 @@ def _parse_time(value: Any) -> float | None:
 
 
 def _int_ids(values: Iterable[Any], what: str) -> list[int]:
-    try:
-        return [int(str(v).strip()) for v in values]
-    except ValueError:
-        raise ValidationFailed(f"A Kaseya BMS {what} id must be a number.") from None
+    return int_ids(values, what, "Kaseya BMS")
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
@@ -174,7 +172,7 @@ class ContractServiceLine(Line):
 # --------------------------------------------------------------------------------------------------
 # The client
 # --------------------------------------------------------------------------------------------------
-class KaseyaBmsClient(PsaClient):
+class KaseyaBmsClient(BatchWritingClient):
     kind = "kaseya_bms"
     display_name = "Kaseya BMS"
     hourly_limit = 1500  # per endpoint (notes §4, Kaseya V2 help page)
@@ -197,15 +195,7 @@ class KaseyaBmsClient(PsaClient):
     def normalize_credentials(
         cls, values: dict[str, str], *, dev_hosts: frozenset[str] = frozenset()
     ) -> tuple[dict[str, str], list[str]]:
-        password = values.get("password")
-        cleaned, notices = super().normalize_credentials(values)
-        if password is not None:
-            cleaned["password"] = password  # a password may end in a space: never altered
-        if cleaned.get("hostname"):
-            cleaned["hostname"], notice = _normalize_hostname(cleaned["hostname"], frozenset(dev_hosts))
-            if notice:
-                notices.append(notice)
-        return cleaned, notices
+        return cls.clean_host_form(values, dev_hosts=dev_hosts, hint=HOST_HINT)
 
     def __init__(self, credentials: dict[str, Any], *, redis=None, dev_hosts: frozenset[str] = frozenset(),
                  config: dict[str, Any] | None = None):
@@ -586,13 +576,6 @@ class KaseyaBmsClient(PsaClient):
             unit_price=_ci(row, "UnitPrice"),
             effective_date=str(_ci(row, "EffectiveDate") or ""),
         )
-
-    def set_quantity(self, agreement_id: str, product_id: str, target: int, *, current: Line | None,
-                     options: WriteOptions) -> WriteResult:
-        (result,) = self.set_quantities(agreement_id, [QuantityChange(product_id, target, current)], options=options)
-        if isinstance(result, PsaError):
-            raise result
-        return result
 
     def set_quantities(self, agreement_id: str, changes: Sequence[QuantityChange], *,
                        options: WriteOptions) -> list[WriteResult | PsaError]:
