@@ -28,7 +28,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from .seed import SIM_CREDENTIALS
-from .wire import arg, as_bool, as_int, contains, new_id
+from .wire import arg, as_bool, as_int, bearer_is_live, contains, new_id
 
 TOKEN_PATH = "/auth/token"
 API = "/api/"
@@ -82,30 +82,10 @@ def _header_out(header: dict, with_lines: bool) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# The API
-# --------------------------------------------------------------------------------------------------
-def make_blueprint(state) -> Blueprint:
-    bp = Blueprint("halopsa_sim", __name__)
-    _auth_routes(bp, state)
-    _list_routes(bp, state)
-    _invoice_routes(bp, state)
-    return bp
-
-
 def _auth_routes(bp: Blueprint, state) -> None:
-    def tables() -> dict:
-        return state.data["halopsa"]
-
     @bp.before_request
     def require_token():
-        if not request.path.startswith(API):
-            return None
-        header = request.headers.get("Authorization", "")
-        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        with state.lock:
-            expires = tables()["tokens"].get(token)
-        if expires is None or expires <= time.time():
+        if request.path.startswith(API) and not bearer_is_live(state, "halopsa"):
             return error_response(401, "Unauthorized")
         return None
 
@@ -113,7 +93,7 @@ def _auth_routes(bp: Blueprint, state) -> None:
     def token():
         form = request.form
         with state.lock:
-            t = tables()
+            t = state.data["halopsa"]
             if form.get("grant_type") != "client_credentials":
                 return jsonify(error="unsupported_grant_type"), 400
             tenant = request.args.get("tenant")
@@ -125,40 +105,29 @@ def _auth_routes(bp: Blueprint, state) -> None:
             lifetime = float(t["settings"]["token_lifetime"])
             t["tokens"][access] = time.time() + lifetime
             return jsonify(access_token=access, token_type="Bearer",  # noqa: S106 - the token type, not a secret
-                           expires_in=int(lifetime),
-                           scope=form.get("scope") or "all")
+                           expires_in=int(lifetime), scope=form.get("scope") or "all")
 
 
 def _list_routes(bp: Blueprint, state) -> None:
-    def tables() -> dict:
-        return state.data["halopsa"]
-
-    @bp.get("/api/Client")
-    def clients():
+    def searched(table: str) -> Response:
+        """Customers or items: active ones unless `includeinactive`, by name, paged as `{table: [...]}`."""
         with state.lock:
-            t = tables()
+            t = state.data["halopsa"]
             with_inactive = as_bool(arg("includeinactive")) or False
-            rows = [c for c in t["clients"].values()
-                    if contains(c["name"], arg("search")) and (with_inactive or not c["inactive"])]
-            rows.sort(key=lambda c: (c["name"].lower(), c["id"]))
-            return _page(rows, t, "clients")
+            rows = sorted((r for r in t[table].values()
+                           if contains(r["name"], arg("search")) and (with_inactive or not r["inactive"])),
+                          key=lambda r: (r["name"].lower(), r["id"]))
+            return _page(rows, t, table)
 
-    @bp.get("/api/Item")
-    def items():
-        with state.lock:
-            t = tables()
-            with_inactive = as_bool(arg("includeinactive")) or False
-            rows = [i for i in t["items"].values()
-                    if contains(i["name"], arg("search")) and (with_inactive or not i["inactive"])]
-            rows.sort(key=lambda i: (i["name"].lower(), i["id"]))
-            return _page(rows, t, "items")
+    bp.add_url_rule("/api/Client", "clients", lambda: searched("clients"))
+    bp.add_url_rule("/api/Item", "items", lambda: searched("items"))
 
     @bp.get("/api/Lookup")
     def lookup():
         with state.lock:
             if as_int(arg("lookupid")) != CUSTOMER_TYPE_LOOKUP:
                 return jsonify([])
-            return jsonify(list(tables()["customer_types"].values()))
+            return jsonify(list(state.data["halopsa"]["customer_types"].values()))
 
 
 def _invoice_routes(bp: Blueprint, state) -> None:
@@ -248,9 +217,14 @@ def _new_line(line_id: int, ihid: int, item: dict, quantity: float, start: str) 
             "enddate": None, "isinactive": False, "recurring_invoice_quantity_type": None}
 
 
-# --------------------------------------------------------------------------------------------------
-# Seed
-# --------------------------------------------------------------------------------------------------
+def make_blueprint(state) -> Blueprint:
+    bp = Blueprint("halopsa_sim", __name__)
+    for routes in (_auth_routes, _list_routes, _invoice_routes):
+        routes(bp, state)
+    return bp
+
+
+# Test hooks and seed --------------------------------------------------------------------------------
 def line_quantities(tables: dict, on: dt.date) -> dict[tuple[str, str], float]:
     """Test hook: (recurring invoice id, item id) -> the summed qty_order of its active lines on `on`."""
     held: dict[tuple[str, str], float] = {}

@@ -30,6 +30,7 @@ from .seed import SIM_CREDENTIALS
 from .wire import arg as _arg
 from .wire import as_bool as _bool
 from .wire import as_int as _int
+from .wire import bearer_is_live
 from .wire import ci as _ci
 from .wire import contains as _contains
 from .wire import new_id as _new_id
@@ -199,11 +200,7 @@ def _security_routes(bp: Blueprint, state) -> None:
             "/v2/security/authenticate", "/v2/security/refreshtoken",
         ):
             return None
-        header = request.headers.get("Authorization", "")
-        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        with state.lock:
-            expires = tables()["tokens"].get(token)
-        if expires is None or expires <= time.time():
+        if not bearer_is_live(state, "kaseya_bms"):
             return _fail("Security Error", status=401, code=EXPIRED_TOKEN_CODE)
         return None
 

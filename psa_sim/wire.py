@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import request
@@ -49,3 +50,13 @@ def contains(haystack: str, needle: Any) -> bool:
 def new_id(tables: dict) -> int:
     tables["next_id"] += 1
     return tables["next_id"]
+
+
+def bearer_is_live(state, psa: str) -> bool:
+    """Whether the request's `Authorization: Bearer …` is a token the PSA issued and that has not expired
+    (`tokens` of the PSA's tables: token -> expiry in epoch seconds)."""
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    with state.lock:
+        expires = state.data[psa]["tokens"].get(token)
+    return expires is not None and expires > time.time()

@@ -2,9 +2,14 @@
 (as on every developer machine and on CI), or under SEATSYNC_SHARED; and the checks every spec-conformance
 test shares."""
 
+import contextlib
+import json
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import responses
 
 SHARED = Path(os.environ.get("SEATSYNC_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 
@@ -56,3 +61,19 @@ def check_value(spec: dict, schema: dict, value, where: str) -> list[str]:
     if expected and (not isinstance(value, expected) or (kind != "boolean" and isinstance(value, bool))):
         return [f"{where}: {value!r} is not a {kind}"]
     return []
+
+
+@contextlib.contextmanager
+def answering(base: str, answers: list[tuple[str, object]]):
+    """A mocked PSA at `base`: every GET and POST is answered 200 with the JSON of the first (path pattern,
+    answer) its path matches. Yields the RequestsMock, whose `calls` are the requests the client sent."""
+
+    def answer(request):
+        path = urlsplit(request.url).path
+        body = next(body for pattern, body in answers if re.search(pattern, path))
+        return 200, {"Content-Type": "application/json"}, json.dumps(body)
+
+    with responses.RequestsMock() as rsps:
+        for method in ("GET", "POST"):
+            rsps.add_callback(method, re.compile(re.escape(base) + r"/.*"), callback=answer)
+        yield rsps

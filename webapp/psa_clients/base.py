@@ -278,8 +278,11 @@ class PsaClient(abc.ABC):
                 results.append(error)
         return results
 
-    def close(self) -> None:  # noqa: B027 - optional hook, most clients share one session
-        """Release pooled connections."""
+    def close(self) -> None:
+        """Release pooled connections (of the client's PsaHttp, if it has one)."""
+        http = getattr(self, "http", None)
+        if http is not None:
+            http.close()
 
     @classmethod
     def clean_host_form(cls, values: dict[str, str], *, dev_hosts: frozenset[str],

@@ -155,26 +155,19 @@ class HaloPsaClient(BatchWritingClient):
         self.http.scrub.add(self._secret)
         self._shared = SharedTokens(redis, config.get("TOKEN_CIPHER"), "halopsa",
                                     f"{self.instance}|{self.tenant.lower()}|{self.client_id}|{self.scope}")
-        self._base_url: str | None = None
 
     def __repr__(self) -> str:  # the secret and the token stay out of reprs
         return f"HaloPsaClient(instance={self.instance!r}, tenant={self.tenant!r}, client_id={self.client_id!r})"
 
-    def close(self) -> None:
-        self.http.close()
+    # Transport: token, requests, errors ------------------------------------------------------------
+    def _url(self, endpoint: str, path_args: dict | None = None) -> str:
+        if not self.instance:
+            raise ValidationFailed("The HaloPSA Instance URL is missing.", hint=INSTANCE_HINT)
+        return base_url_for(self.instance, self._dev_hosts) + ENDPOINT_PATHS[endpoint].format(**(path_args or {}))
 
-    # ----------------------------------------------------------------------------------------------
-    # Transport: token, requests, errors
-    # ----------------------------------------------------------------------------------------------
-    @property
-    def base_url(self) -> str:
-        if self._base_url is None:
-            if not self.instance:
-                raise ValidationFailed("The HaloPSA Instance URL is missing.", hint=INSTANCE_HINT)
-            self._base_url = base_url_for(self.instance, self._dev_hosts)
-        return self._base_url
-
-    def _authenticate(self) -> None:
+    def _new_token(self) -> BearerToken:
+        """A token from the authorisation server, shared with the other workers (client credentials have no
+        refresh token: a new one is asked for)."""
         if not (self.client_id and self._secret):
             raise CredentialsRejected("The HaloPSA Client ID and Client Secret are both required.",
                                       hint=CREDENTIALS_HINT)
@@ -182,7 +175,7 @@ class HaloPsaClient(BatchWritingClient):
                 "scope": self.scope}
         # Asking for a token twice is harmless, so 5xx and timeouts are retried like a read.
         tenant = {"tenant": self.tenant} if self.tenant else None  # hosted instances only
-        response = self.http.request("POST", self.base_url + ENDPOINT_PATHS["token"], endpoint="token",
+        response = self.http.request("POST", self._url("token"), endpoint="token",
                                      idempotent=True, data=form, params=tenant, headers={"Accept": "application/json"})
         body = _json(response)
         if response.status_code in (400, 401, 403):
@@ -196,19 +189,17 @@ class HaloPsaClient(BatchWritingClient):
             lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
         except (TypeError, ValueError):
             lifetime = DEFAULT_TOKEN_LIFETIME
-        self._token = BearerToken.lasting(str(access), "", time.time() + lifetime, margin=REFRESH_MARGIN)
-        self.http.scrub.add(self._token.access)
-        self._shared.save(self._token)
+        token = BearerToken.lasting(str(access), "", time.time() + lifetime, margin=REFRESH_MARGIN)
+        self.http.scrub.add(token.access)
+        self._shared.save(token)
+        return token
 
-    def _ensure_token(self) -> None:
-        if self._token is not None and self._token.fresh():
-            return
-        shared = self._shared.load()
-        if shared is not None:
-            self.http.scrub.add(shared.access)
-            self._token = shared
-            return
-        self._authenticate()  # client credentials have no refresh token: a new one is asked for
+    def _bearer(self) -> str:
+        """The Authorization header: this client's token, another worker's, or a new one, renewed before expiry."""
+        if self._token is None or not self._token.fresh():
+            self._token = self._shared.load() or self._new_token()
+            self.http.scrub.add(self._token.access)
+        return f"Bearer {self._token.access}"
 
     def _message(self, response: requests.Response, body: Any) -> str:
         """Halo's error text, whatever its shape (a JSON string, an object, plain text), scrubbed."""
@@ -224,10 +215,9 @@ class HaloPsaClient(BatchWritingClient):
     def _call(self, method: str, endpoint: str, *, path_args: dict | None = None, idempotent: bool | None = None,
               **kwargs) -> Any:
         """One API request with the token; a refused token is replaced once. Returns the decoded answer."""
-        url = self.base_url + ENDPOINT_PATHS[endpoint].format(**(path_args or {}))
+        url = self._url(endpoint, path_args)
         for attempt in (1, 2):
-            self._ensure_token()
-            headers = {"Authorization": f"Bearer {self._token.access}", "Accept": "application/json"}
+            headers = {"Authorization": self._bearer(), "Accept": "application/json"}
             response = self.http.request(method, url, endpoint=endpoint, idempotent=idempotent, headers=headers,
                                          **kwargs)
             if response.status_code == 401 and attempt == 1:
@@ -272,12 +262,9 @@ class HaloPsaClient(BatchWritingClient):
             if not fresh or len(rows) < PAGE_SIZE or (total is not None and len(seen) >= total):
                 return
 
-    # ----------------------------------------------------------------------------------------------
-    # The interface
-    # ----------------------------------------------------------------------------------------------
+    # The interface ---------------------------------------------------------------------------------
     def check_credentials(self) -> str:
-        self._token = None  # a real token request: a cached token proves nothing about new credentials
-        self._authenticate()
+        self._token = self._new_token()  # a real token request: a cached one proves nothing about new credentials
         _rows, total = self._page("Client", {}, 1)
         customers = f" — {total} customers" if total is not None else ""
         return self.http.scrub(f"HaloPSA at {self.instance}{customers}")

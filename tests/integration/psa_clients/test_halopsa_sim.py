@@ -8,9 +8,7 @@ import time
 import pytest
 from cryptography.fernet import Fernet
 
-from psa_sim.seed import SIM_CREDENTIALS
-from tests.integration.psa_clients.helpers import company_id, managed_services, sim_requests
-from webapp.psa_clients import make_client
+from tests.integration.psa_clients.helpers import company_id, managed_services, sim_client, sim_requests
 from webapp.psa_clients.base import (
     ComputedLine,
     CredentialsRejected,
@@ -19,7 +17,6 @@ from webapp.psa_clients.base import (
     ValidationFailed,
     WriteOptions,
 )
-from webapp.psa_clients.http import RetryPolicy
 
 pytestmark = pytest.mark.integration
 
@@ -31,12 +28,8 @@ CIPHER = Fernet(Fernet.generate_key())
 @pytest.fixture
 def connect(psa_sim, real_redis):
     def build(sleeps=None, **overrides):
-        credentials = {"instance": psa_sim.host, **SIM_CREDENTIALS["halopsa"], **overrides}
-        config = {"HTTP_RETRY_POLICY": RetryPolicy(attempts=6, initial=0.01, maximum=1.0), "TOKEN_CIPHER": CIPHER}
-        if sleeps is not None:
-            config["HTTP_SLEEP"] = lambda seconds: (sleeps.append(seconds), time.sleep(min(seconds, 0.01)))
-        return make_client("halopsa", credentials, redis=real_redis, dev_hosts=frozenset({psa_sim.host}),
-                           config=config)
+        return sim_client("halopsa", "instance", psa_sim, real_redis, sleeps=sleeps, config={"TOKEN_CIPHER": CIPHER},
+                          **overrides)
     return build
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import socket
 from urllib.parse import parse_qs, urlsplit
 
 import fakeredis
@@ -41,12 +40,7 @@ OPTIONS = WriteOptions(effective_date=ON)
 CIPHER = Fernet(Fernet.generate_key())
 
 
-@pytest.fixture(autouse=True)
-def public_dns(monkeypatch):
-    def fake_getaddrinfo(host, port, *args, **kwargs):
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("204.12.34.56", port))]
-
-    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+pytestmark = pytest.mark.usefixtures("public_dns")  # tests/unit/psa_clients/conftest.py
 
 
 @pytest.fixture

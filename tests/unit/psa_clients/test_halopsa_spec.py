@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
-import socket
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-import responses
 
-from tests.specs import check_value, operation, spec_path
+from tests.specs import answering, check_value, operation, spec_path
 from webapp.psa_clients import Line, WriteOptions, make_client
 from webapp.psa_clients.base import QuantityChange
 from webapp.psa_clients.halopsa import ENDPOINT_PATHS, LIST_KEYS
@@ -85,24 +82,15 @@ def recording(value):
 
 
 @pytest.fixture
-def recorded(monkeypatch):
+def recorded(monkeypatch, public_dns):
     """Run every interface method; return the requests sent and the field names read from answers."""
-    public = ("204.12.34.56", 443)
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", public)])
     RecordingDict.reads = set()
     from webapp.psa_clients import halopsa
 
     real_json = halopsa._json
     monkeypatch.setattr(halopsa, "_json", lambda response: recording(real_json(response)))
 
-    def answer(request):
-        path = urlsplit(request.url).path
-        body = next(body for pattern, body in ANSWERS if re.search(pattern, path))
-        return 200, {"Content-Type": "application/json"}, json.dumps(body)
-
-    with responses.RequestsMock() as rsps:
-        for method in ("GET", "POST"):
-            rsps.add_callback(method, re.compile(re.escape(BASE) + r"/.*"), callback=answer)
+    with answering(BASE, ANSWERS) as rsps:
         client = make_client("halopsa", CREDS, config={"HTTP_SLEEP": lambda s: None})
         client.check_credentials()
         client.list_products()

@@ -11,13 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import socket
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-import responses
 
-from tests.specs import check_value, operation, resolve, spec_path
+from tests.specs import answering, check_value, operation, resolve, spec_path
 from webapp.psa_clients import Line, WriteOptions, kaseya_bms, make_client
 from webapp.psa_clients.kaseya_bms import ENDPOINT_PATHS, ContractServiceLine
 
@@ -77,10 +75,8 @@ ANSWERS = [  # path pattern → answer, first match wins
 
 
 @pytest.fixture
-def recorded(monkeypatch):
+def recorded(monkeypatch, public_dns):
     """Run every interface method; return the requests sent and the field names read from answers."""
-    public = ("204.12.34.56", 443)
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", public)])
     reads: set[str] = set()
     real_ci = kaseya_bms._ci
 
@@ -90,14 +86,7 @@ def recorded(monkeypatch):
 
     monkeypatch.setattr(kaseya_bms, "_ci", recording_ci)
 
-    def answer(request):
-        path = urlsplit(request.url).path
-        body = next(body for pattern, body in ANSWERS if re.search(pattern, path))
-        return 200, {"Content-Type": "application/json"}, json.dumps(body)
-
-    with responses.RequestsMock() as rsps:
-        for method in ("GET", "POST"):
-            rsps.add_callback(method, re.compile(re.escape(BASE) + r"/.*"), callback=answer)
+    with answering(BASE, ANSWERS) as rsps:
         client = make_client("kaseya_bms", CREDS, config={"HTTP_SLEEP": lambda s: None})
         client.check_credentials()
         client.list_products()
