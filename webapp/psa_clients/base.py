@@ -28,7 +28,8 @@ class PsaItem:
 
 @dataclass(frozen=True)
 class Agreement:
-    """A ConnectWise agreement / Autotask Recurring Service contract / Kaseya BMS contract."""
+    """A ConnectWise agreement / Autotask Recurring Service contract / Kaseya BMS contract / HaloPSA recurring
+    invoice."""
 
     id: str
     name: str
