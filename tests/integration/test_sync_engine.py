@@ -182,29 +182,36 @@ def test_error_storms_end_with_the_right_quantities(kind, psa_sim, rq_workers):
         assert all(len(v) == 1 for v in adjustments_per_line(psa_sim).values())
 
 
+def killed_mid_write_then_taken_over(world, psa_sim, rq_workers, path_word: str):
+    """One Sync now whose only worker is SIGKILLed while a write to `path_word` is in flight (the simulator
+    holds it for its latency, then applies it); a new worker takes the companies over. Returns the run."""
+    import time
+
+    psa_sim.faults(latency_ms=400)  # the sim applies a request after its latency, even if the caller died
+    run = world.start()
+    (victim,) = rq_workers.start(1, SEATSYNC_SYNC_BATCH="2")
+    wait_until_in_flight(psa_sim, path_word)
+    rq_workers.kill(victim)
+    time.sleep(0.6)
+    psa_sim.faults(latency_ms=0)
+    db.session.rollback()
+    assert db.session.get(type(run), run.id).state == "running"
+    # Its sweeper takes the dead job's companies over once their lease expires (a sweep from the test
+    # raced with it, and found nothing left to take when the worker's own sweep came first).
+    rq_workers.start(1)
+    return wait_for_run(run.id)
+
+
 def test_a_worker_killed_mid_autotask_run_leaves_work_the_next_worker_finishes_without_double_counting(
         psa_sim, rq_workers):
-    import time
 
     from webapp.models import PushIntent
 
     # Lines that exist already (7, 9 and 11 units), so the first write is a bare delta.
     seats = {("Cedar Law Group", PM): 3, ("Evergreen Clinic", PM): 2, ("Granite Accounting", PM): 12}
     world = build_world("autotask", psa_sim, seats, companies=[name for name, _ in seats])
-    psa_sim.faults(latency_ms=400)  # the sim applies a request after its latency, even if the caller died
-    run = world.start()
-    (victim,) = rq_workers.start(1, SEATSYNC_SYNC_BATCH="2")
-    wait_until_in_flight(psa_sim, "adjustment")  # the sim holds it for its latency, then applies it
-    rq_workers.kill(victim)  # a delta is in flight: the PSA applies it, SeatSync never hears back
-    time.sleep(0.6)
-    psa_sim.faults(latency_ms=0)
-    db.session.rollback()
-    assert db.session.get(type(run), run.id).state == "running"
-
-    # Its sweeper takes the dead job's companies over once their lease expires (a sweep from the test
-    # raced with it, and found nothing left to take when the worker's own sweep came first).
-    rq_workers.start(1)
-    finished = wait_for_run(run.id)
+    # A delta is in flight when the worker dies: the PSA applies it, SeatSync never hears back.
+    finished = killed_mid_write_then_taken_over(world, psa_sim, rq_workers, "adjustment")
     assert finished.state == "finished" and finished.errors == 0, rq_workers.output()[-3000:]
     assert finished.done == finished.total == len(world.mappings)
     assert world.quantities() == {k: [float(v)] for k, v in seats.items()}
@@ -219,7 +226,6 @@ def test_a_worker_killed_mid_autotask_run_leaves_work_the_next_worker_finishes_w
 
 def test_a_worker_killed_mid_halopsa_write_leaves_work_the_next_worker_finishes_without_duplicate_lines(
         psa_sim, rq_workers):
-    import time
 
     from webapp.models import PushIntent
 
@@ -228,18 +234,7 @@ def test_a_worker_killed_mid_halopsa_write_leaves_work_the_next_worker_finishes_
     seats = {("Cedar Law Group", PM): 3, ("Cedar Law Group", EB): 4, ("Evergreen Clinic", PM): 2,
              ("Evergreen Clinic", EB): 5}
     world = build_world("halopsa", psa_sim, seats, companies=companies_of(seats), create_missing_lines=True)
-    psa_sim.faults(latency_ms=400)  # the sim applies a request after its latency, even if the caller died
-    run = world.start()
-    (victim,) = rq_workers.start(1, SEATSYNC_SYNC_BATCH="2")
-    wait_until_in_flight(psa_sim, "updatelines")
-    rq_workers.kill(victim)  # SIGKILL while a write is in flight: HaloPSA applies it, SeatSync never hears back
-    time.sleep(0.6)
-    psa_sim.faults(latency_ms=0)
-    db.session.rollback()
-    assert db.session.get(type(run), run.id).state == "running"
-
-    rq_workers.start(1)
-    finished = wait_for_run(run.id)
+    finished = killed_mid_write_then_taken_over(world, psa_sim, rq_workers, "updatelines")
     assert finished.state == "finished" and finished.errors == 0, rq_workers.output()[-3000:]
     assert finished.done == finished.total == len(world.mappings)
     assert world.quantities() == {k: [float(v)] for k, v in seats.items()}  # one line each: no duplicate

@@ -185,14 +185,30 @@ class PsaClient(abc.ABC):
     minute_limit: ClassVar[int | None] = None  # requests per minute per tenant (HaloPSA)
     quantity_readable: ClassVar[bool] = True  # False: read_lines returns lines with quantity None
     credential_fields: ClassVar[tuple[CredentialField, ...]]
+    host_hint: ClassVar[str] = ""  # set: normalize_credentials cleans the host field (see there)
 
     @classmethod
-    def normalize_credentials(cls, values: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    def normalize_credentials(cls, values: dict[str, str], *, dev_hosts: frozenset[str] = frozenset()
+                              ) -> tuple[dict[str, str], list[str]]:
         """Clean what an admin typed. Returns (values, notices shown to the admin).
 
-        Raises ValidationFailed with a clear message for input that cannot be used (e.g. http://).
+        Values are trimmed. With a `host_hint`, secrets are kept exactly as typed (a secret may end in a
+        space) and the host field is reduced to the host (http.normalize_host). Raises ValidationFailed
+        with a clear message for input that cannot be used (e.g. http://).
         """
-        return {k: (v or "").strip() for k, v in values.items()}, []
+        cleaned = {k: (v or "").strip() for k, v in values.items()}
+        notices: list[str] = []
+        for form_field in cls.credential_fields if cls.host_hint else ():
+            name = form_field.name
+            if form_field.secret and values.get(name) is not None:
+                cleaned[name] = values[name]
+            elif form_field.host and cleaned.get(name):
+                from .http import normalize_host  # http builds on this module
+
+                cleaned[name], notice = normalize_host(cleaned[name], psa=cls.display_name, field=form_field.label,
+                                                       hint=cls.host_hint, dev_hosts=frozenset(dev_hosts))
+                notices += [notice] if notice else []
+        return cleaned, notices
 
     @abc.abstractmethod
     def check_credentials(self) -> str:
@@ -284,24 +300,6 @@ class PsaClient(abc.ABC):
         http = getattr(self, "http", None)
         if http is not None:
             http.close()
-
-    @classmethod
-    def clean_host_form(cls, values: dict[str, str], *, dev_hosts: frozenset[str],
-                        hint: str) -> tuple[dict[str, str], list[str]]:
-        """normalize_credentials of a form with one host field: values trimmed, secrets kept exactly as typed
-        (a secret may end in a space), the host field reduced to the host (http.normalize_host)."""
-        from .http import normalize_host  # http builds on this module
-
-        cleaned, notices = PsaClient.normalize_credentials(values)
-        for form_field in cls.credential_fields:
-            name = form_field.name
-            if form_field.secret and values.get(name) is not None:
-                cleaned[name] = values[name]
-            elif form_field.host and cleaned.get(name):
-                cleaned[name], notice = normalize_host(cleaned[name], psa=cls.display_name, field=form_field.label,
-                                                       hint=hint, dev_hosts=frozenset(dev_hosts))
-                notices += [notice] if notice else []
-        return cleaned, notices
 
 
 class BatchWritingClient(PsaClient):

@@ -116,6 +116,7 @@ class HaloPsaClient(BatchWritingClient):
     minute_limit = 60  # per instance (notes §4)
     # None documented: 3 at a time per endpoint across all workers, like Kaseya BMS.
     concurrency_per_endpoint = READ_PARALLELISM
+    host_hint = INSTANCE_HINT
     credential_fields = (
         CredentialField("instance", "Instance URL", host=True, placeholder="acme.halopsa.com",
                         help="Your HaloPSA host without https://, e.g. acme.halopsa.com."),
@@ -126,11 +127,6 @@ class HaloPsaClient(BatchWritingClient):
                         help="Leave empty for “all”, or the scopes of the API application, e.g. "
                              "“read:customers read:items edit:invoices”."),
     )
-
-    @classmethod
-    def normalize_credentials(cls, values: dict[str, str], *, dev_hosts: frozenset[str] = frozenset()
-                              ) -> tuple[dict[str, str], list[str]]:
-        return cls.clean_host_form(values, dev_hosts=dev_hosts, hint=INSTANCE_HINT)
 
     def __init__(self, credentials: dict[str, Any], *, redis=None, dev_hosts: frozenset[str] = frozenset(),
                  config: dict[str, Any] | None = None):

@@ -182,6 +182,7 @@ class KaseyaBmsClient(BatchWritingClient):
     concurrency_per_endpoint = 3
     # The V2 API cannot report a contract service's Units: Line.quantity is None (notes §0.2, §3.4).
     quantity_readable: ClassVar[bool] = False
+    host_hint = HOST_HINT
     credential_fields = (
         CredentialField("hostname", "Hostname", host=True,
                         help="Your Kaseya BMS host without https://, e.g. bms.kaseya.com.",
@@ -190,12 +191,6 @@ class KaseyaBmsClient(BatchWritingClient):
         CredentialField("password", "Password", secret=True),
         CredentialField("company", "Company Name", help="Your company name in Kaseya BMS (My Settings)."),
     )
-
-    @classmethod
-    def normalize_credentials(
-        cls, values: dict[str, str], *, dev_hosts: frozenset[str] = frozenset()
-    ) -> tuple[dict[str, str], list[str]]:
-        return cls.clean_host_form(values, dev_hosts=dev_hosts, hint=HOST_HINT)
 
     def __init__(self, credentials: dict[str, Any], *, redis=None, dev_hosts: frozenset[str] = frozenset(),
                  config: dict[str, Any] | None = None):
