@@ -262,8 +262,8 @@ class HaloPsaClient(BatchWritingClient):
     def check_credentials(self) -> str:
         self._token = self._new_token()  # a real token request: a cached one proves nothing about new credentials
         _rows, total = self._page("Client", {}, 1)
-        customers = f" — {total} customers" if total is not None else ""
-        return self.http.scrub(f"HaloPSA at {self.instance}{customers}")
+        customers = f", {total} active customers" if total is not None else ""
+        return self.http.scrub(f"instance {self.instance}{customers}")
 
     def list_products(self, search: str = "") -> list[PsaItem]:
         params = {"search": search.strip()} if search.strip() else {}
@@ -438,7 +438,8 @@ class HaloPsaClient(BatchWritingClient):
         current = change.current
         base = self._lines.get(current.line_id, {}) if current else {}
         raw = {**base, **sent, **(row or {})}
-        self._lines[str(raw.get("id"))] = raw
+        if raw.get("id"):
+            self._lines[str(raw["id"])] = raw
         line = self._line(agreement_id, raw, current.currency if current else "")
         if current is not None and not line.description:
             line = Line(line.agreement_id, line.product_id, line.line_id, line.quantity, current.description,

@@ -52,7 +52,7 @@ def api_calls(psa_sim) -> list[dict]:
 
 
 def test_good_credentials_authenticate_and_count_the_customers(client, psa_sim):
-    assert client.check_credentials() == f"HaloPSA at {psa_sim.host} — 10 customers"  # active ones
+    assert client.check_credentials() == f"instance {psa_sim.host}, 10 active customers"
     (token,) = sim_requests(psa_sim, "halopsa", "/auth/token")
     assert token["query"] == "tenant=seatsync" and "grant_type=client_credentials" in token["body"]
 

@@ -116,7 +116,7 @@ def test_the_client_secret_is_never_trimmed():
 
 def test_the_token_request_is_client_credentials_for_the_tenant_with_the_default_scope(client, mocked):
     mocked.get(f"{BASE}/api/Client", json={"record_count": 42, "clients": []})
-    assert client.check_credentials() == "HaloPSA at acme.halopsa.com — 42 customers"
+    assert client.check_credentials() == "instance acme.halopsa.com, 42 active customers"
     token = mocked.calls[0].request
     assert urlsplit(token.url).path == "/auth/token" and query(mocked.calls[0]) == {"tenant": "acme"}
     form = {k: v[0] for k, v in parse_qs(token.body).items()}
