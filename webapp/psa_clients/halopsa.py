@@ -284,7 +284,7 @@ class HaloPsaClient(BatchWritingClient):
         types = set(_int_ids(type_ids, "customer type"))
         statuses = {s.strip().lower() for s in status_ids} & {"active", "inactive"}
         params: dict[str, Any] = {"search": search.strip()} if search.strip() else {}
-        if "inactive" in statuses:
+        if statuses != {"active"}:  # Halo lists active customers only, unless asked (no filter: every one)
             params["includeinactive"] = "true"
         for row in self._pages("Client", params):
             active = not row.get("inactive")

@@ -80,6 +80,7 @@ def test_scope_limits_company_pickers_to_active_clients(client):
     assert not {"Prospect Bakery", "Some Vendor Inc", "Closed Customer LLC"} & set(names)
     assert [c.name for c in client.search_companies("", status_ids=["inactive"])] == ["Closed Customer LLC"]
     assert [c.name for c in client.search_companies("cedar")] == ["Cedar Law Group"]
+    assert "Closed Customer LLC" in [c.name for c in client.list_companies()]  # no filter: every customer
 
 
 def test_all_companies_are_read_to_the_end_a_page_per_hundred(client, psa_sim):
