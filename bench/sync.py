@@ -9,13 +9,16 @@ by count overrides, runs `python worker.py` processes and, per PSA, two runs of 
 1. calm: prints
 - PSA calls made vs the minimum needed: the fewest reads the API allows (ConnectWise: one per agreement;
   Autotask: two queries per 500 contracts; Kaseya BMS: one contracts lookup per 100 contracts, the services
-  catalog, and the related-services pages of each mapped service), plus the fewest writes (ConnectWise and
-  Autotask: one per line whose quantity differs, a missing Autotask line included; Kaseya BMS: one per
-  contract with any line to write, because its write takes every line of a contract at once), plus the
+  catalog, and the related-services pages of each mapped service; HaloPSA: the list of every recurring
+  invoice with its lines, one page per 100), plus the fewest writes (ConnectWise and Autotask: one per line
+  whose quantity differs, a missing Autotask line included; Kaseya BMS and HaloPSA: one per contract /
+  recurring invoice with any line to write, because their write takes every line of one at once), plus the
   read-back of the written lines (ConnectWise: one per written agreement; Autotask: two queries per 500
-  written contracts; Kaseya BMS: none, Units cannot be read back);
-- wall time vs the bound: minimum calls × latency ÷ the PSA's allowed concurrency (Kaseya BMS documents
-  none: the bound uses the 3 writes in flight SeatSync allows it, webapp/sync/push.UNDOCUMENTED_CONCURRENCY);
+  written contracts; Kaseya BMS: none, Units cannot be read back; HaloPSA: the list again, or the written
+  recurring invoices one by one if fewer);
+- wall time vs the bound: minimum calls × latency ÷ the PSA's allowed concurrency (Kaseya BMS and HaloPSA
+  document none: the bound uses the 3 requests in flight per endpoint SeatSync allows them, their clients'
+  concurrency_per_endpoint, which is also webapp/sync/push.UNDOCUMENTED_CONCURRENCY writes per job);
 - requests in flight, time-weighted (psa_sim/inflight.py): the average over the time at least one was in
   flight, for the PSA and its busiest endpoints, and over the whole wall time;
 - the workers' peak RSS (VmHWM);
@@ -34,8 +37,8 @@ Prints the run's outcome, whether every line is right afterwards, and calls vs 1
 Hourly budgets: the simulator would accept any rate, so the run sets PSA_DEV_HOSTS_NO_HOURLY_LIMIT=1, which
 lifts the PSAs' hourly budgets for PSA_DEV_HOSTS only (never for a real host). The measured wall is
 therefore without them; for the PSAs that document one, the bench also prints the wall projected under the
-real budget (Kaseya BMS: 1,500 calls per hour per endpoint; Autotask: 10,000 per hour per database),
-assuming the sync starts with the hour's budget unused.
+real budget (Kaseya BMS: 1,500 calls per hour per endpoint; Autotask: 10,000 per hour per database;
+HaloPSA: 60 per minute per instance), assuming the sync starts with the budget unused.
 """
 
 from __future__ import annotations
@@ -65,8 +68,9 @@ from webapp.models._types import utcnow
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 ROOT = Path(__file__).resolve().parents[1]
-HOST_FIELD = {"connectwise": "site", "kaseya_bms": "hostname", "autotask": None}
-PSAS = ["connectwise", "autotask", "kaseya_bms"]
+HOST_FIELD = {"connectwise": "site", "kaseya_bms": "hostname", "autotask": None, "halopsa": "instance"}
+PSAS = ["connectwise", "autotask", "kaseya_bms", "halopsa"]
+WHOLE_AGREEMENT_WRITES = ("kaseya_bms", "halopsa")  # one request writes every line of a contract / recurring invoice
 BUSY_RUN_STATES = {"queued", "running"}
 
 
@@ -108,6 +112,11 @@ def projected_wall(kind: str, sent: list[dict], wall: float) -> str:
     elif kind == "autotask":
         per_budget = Counter({"the database": len(sent)})
         limit, what = 10_000, "10,000 calls per hour per database"
+    elif kind == "halopsa":
+        # A minute's window: the calls take at least calls / 60 minutes, whatever the concurrency.
+        minutes = len(sent) / 60
+        return (f"projected under the real budget (60 calls per minute per instance; measured with it lifted): "
+                f"at least {max(wall, minutes * 60) / 60:.0f} min for {len(sent)} calls")
     else:
         return ""
     busiest, count = per_budget.most_common(1)[0] if per_budget else ("-", 0)
@@ -263,13 +272,18 @@ def minimum_calls(mapped: Mapped, sim: Sim) -> tuple[int, int]:
             differing[agreement] += held[psa_product] is None or held[psa_product] != target
         else:
             differing[agreement] += target > 0
-    # Kaseya BMS writes every line of a contract in one request.
-    writes = sum(min(n, 1) if mapped.kind == "kaseya_bms" else n for n in differing.values())
+    # Kaseya BMS and HaloPSA write every line of a contract / recurring invoice in one request.
+    writes = sum(min(n, 1) if mapped.kind in WHOLE_AGREEMENT_WRITES else n for n in differing.values())
     count, written = len(mapped.mappings), sum(1 for n in differing.values() if n)
     if mapped.kind == "connectwise":
         return count + written, writes
     if mapped.kind == "autotask":
         return 2 * math.ceil(count / 500) + 2 * math.ceil(written / 500), writes
+    if mapped.kind == "halopsa":
+        # The list of every recurring invoice (one page per 100) is the only batched read; the read-back
+        # reads it again, or the written invoices one by one when that is fewer calls (the client's rule).
+        pages = math.ceil(len(sim.state.data["halopsa"]["invoices"]) / 100)
+        return pages + min(pages, written), writes
     tables = sim.state.data["kaseya_bms"]
     used = Counter(line["serviceId"] for line in tables["contract_services"].values())
     wanted = {str(psa_id) for psa_id in mapped.psa_products.values()}
@@ -453,9 +467,9 @@ def calm_run(mapped: Mapped, sim: Sim, args, environ: dict, ceiling: Ceiling) ->
     reachable = minimum * ceiling.call_seconds / mapped.concurrency
     print(f"    with calls as long as the bare client's ({1000 * ceiling.call_seconds:.1f} ms) the bound is "
           f"{reachable:.1f} s: {outcome.wall / reachable:.2f}×")
-    if mapped.kind == "kaseya_bms":
-        print(f"    (Kaseya BMS documents no concurrency limit: the bound uses the {mapped.concurrency} writes "
-              "in flight SeatSync allows a PSA without one)")
+    if mapped.kind in ("kaseya_bms", "halopsa"):
+        print(f"    ({mapped.client.display_name} documents no concurrency limit: the bound uses the "
+              f"{mapped.concurrency} requests in flight SeatSync allows a PSA without one)")
     print("\n".join(describe_in_flight(mapped, outcome, ceiling)))
     projected = projected_wall(mapped.kind, outcome.sent, outcome.wall)
     if projected:
@@ -504,7 +518,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--companies", type=int, default=1000)
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--psa", action="append", choices=PSAS, help="repeat for several; default all three")
+    parser.add_argument("--psa", action="append", choices=PSAS, help="repeat for several; default all four")
     parser.add_argument("--storm-rate", type=float, default=0.2, help="share of 5xx answers in the storm run")
     parser.add_argument("--seed", type=int, default=1, help="seeds the storm's faults and its new targets")
     parser.add_argument("--no-storm", action="store_true", help="only the calm run")
