@@ -54,9 +54,11 @@ def demo_dataset() -> Dataset:
     companies = []
     for i, name in enumerate(DEMO_COMPANIES):
         lines = {DEMO_PRODUCTS[0]: 5 + i} if i % 2 == 0 else {}
+        extra = [SimAgreement(f"{name} — Separate Backup")] if i == len(DEMO_COMPANIES) - 1 else []  # a second active one
         companies.append(SimCompany(name, agreements=[
             SimAgreement(f"{name} — Managed Services", lines=lines),
             SimAgreement(f"{name} — Old agreement", active=False),
+            *extra,
         ]))
     companies.append(SimCompany("Prospect Bakery", type="Prospect"))
     companies.append(SimCompany("Some Vendor Inc", type="Vendor"))
