@@ -15,12 +15,12 @@ from tests.fixtures.workers import (
     companies_of,
     held_quantities,
     psa_writes,
+    set_by_hand,
     wait_for_run,
     wait_until_in_flight,
 )
 from webapp.extensions import db
 from webapp.models import AgreementOverride, AuditEvent, LineResult, PushIntent, Seat, SyncRun
-from webapp.psa_clients.base import WriteOptions
 from webapp.sync import LineAction, RunState, SyncUnavailable
 from webapp.sync.plan import billed_month_start
 from webapp.sync.revert import start_revert
@@ -111,10 +111,7 @@ def test_a_line_changed_in_the_psa_since_the_run_is_not_reverted_until_the_admin
     run = wait_for_run(world.start().id)
     assert run.state == RunState.FINISHED, rq_workers.output()[-3000:]
     cedar = world.mappings["Cedar Law Group"].agreement_id
-    client = world.client()
-    on = billed_month_start(dt.datetime.now(dt.UTC), "UTC")
-    (line,) = [ln for ln in client.read_lines([cedar], on)[cedar] if ln.product_id == world.psa_products[PM]]
-    client.set_quantity(cedar, line.product_id, 4, current=line, options=WriteOptions(effective_date=on))  # by hand
+    set_by_hand(world, "Cedar Law Group", PM, 4)
 
     undo = revert(run)
     assert undo.state == RunState.FINISHED and undo.needs_attention == 1, rq_workers.output()[-3000:]

@@ -346,6 +346,7 @@ class Pusher:
             drift = changed_since(company.expected.get(line_key(change)), change, self.reverts)
             if drift:
                 return self.recorder.result(mapping, change, action=LineAction.CHANGED_SINCE, message=drift,
+                                            changed_in_psa=False,  # the action says it, with the reverted run's figure
                                             hint="Check the line in the PSA; to put it back anyway, confirm the "
                                                  "revert of these lines on this page.")
         if not company.approved and company.expected is None and planning.needs_approval(

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from .. import audit
 from ..extensions import db
-from ..models import CompanyMapping, Integration, LineResult, SyncRun
+from ..models import Company, CompanyMapping, Integration, LineResult, SyncRun
 from ..models.users import User
 from . import SyncUnavailable, state, unavailable_reason
 from .state import ACTIVE_RUN, WRITTEN, LineAction
@@ -34,10 +34,15 @@ def revertible_mapping_ids(run: SyncRun, mapping_ids: Sequence[int] | None = Non
     return sorted(db.session.scalars(query))
 
 
-def changed_since_lines(run: SyncRun) -> list[LineResult]:
-    """The lines a revert run did not write because they changed in the PSA since the reverted run."""
-    return list(db.session.scalars(select(LineResult).where(
-        LineResult.run_id == run.id, LineResult.action == LineAction.CHANGED_SINCE).order_by(LineResult.id)))
+def changed_since_lines(run: SyncRun) -> list[tuple[LineResult, str]]:
+    """The lines a revert run did not write because they changed in the PSA since the reverted run, with the
+    name of their company."""
+    return list(db.session.execute(
+        select(LineResult, Company.name)
+        .join(CompanyMapping, CompanyMapping.id == LineResult.company_mapping_id)
+        .join(Company, Company.id == CompanyMapping.company_id)
+        .where(LineResult.run_id == run.id, LineResult.action == LineAction.CHANGED_SINCE)
+        .order_by(Company.name, LineResult.id)).tuples())
 
 
 def start_revert(run: SyncRun, *, user: User | None, mapping_ids: Sequence[int] | None = None,
@@ -50,13 +55,13 @@ def start_revert(run: SyncRun, *, user: User | None, mapping_ids: Sequence[int] 
     integration = db.session.get(Integration, run.integration_id)
     if run.state in ACTIVE_RUN:
         raise SyncUnavailable(f"Run {run.id} is still running: revert it once it has finished.")
-    reason = unavailable_reason(integration)
-    if reason:
-        raise SyncUnavailable(reason)
     ids = revertible_mapping_ids(run, mapping_ids)
     if not ids:
         what = "this company" if mapping_ids is not None else "the PSA"
         raise SyncUnavailable(f"Run {run.id} wrote nothing to {what}: there is nothing to revert.")
+    reason = unavailable_reason(integration)
+    if reason:
+        raise SyncUnavailable(reason)
     revert = state.new_run(
         integration_id=integration.id, company_mapping_id=ids[0] if mapping_ids is not None and len(ids) == 1
         else None, trigger="revert", requested_by_id=user.id if user is not None else None,
