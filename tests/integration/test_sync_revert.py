@@ -204,3 +204,22 @@ def test_a_product_on_an_override_agreement_is_pushed_there_and_not_to_the_defau
     assert undo.state == RunState.FINISHED and undo.errors == 0, rq_workers.output()[-3000:]
     assert agreement_quantities(world, psa_sim, default) == {PM: [0.0]}
     assert agreement_quantities(world, psa_sim, backup.id) == {EB: [0.0]}
+
+
+def test_a_connectwise_keep_history_revert_bills_the_earlier_quantities_and_deletes_no_addition(psa_sim, rq_workers):
+    world = build_world("connectwise", psa_sim, SEATS, companies=companies_of(SEATS), keep_history=True)
+    rq_workers.start(2)
+    run = finished(world.start(), rq_workers)
+    additions = len(psa_sim.data("connectwise")["additions"])
+    replaced = [r for r in lines_of(run.id) if r.action == LineAction.REPLACED]
+    assert replaced, [(r.action, r.message) for r in lines_of(run.id)]
+
+    undo = revert(run)
+    assert undo.state == RunState.FINISHED and undo.errors == 0, rq_workers.output()[-3000:]
+    assert world.quantities() == {("Acme Dental", PM): [5.0], ("Acme Dental", EB): [0.0],
+                                  ("Cedar Law Group", PM): [7.0], ("Evergreen Clinic", PM): [9.0]}
+    assert len(psa_sim.data("connectwise")["additions"]) >= additions  # nothing deleted
+    notes = [r.message for r in lines_of(undo.id) if r.psa_product_id == replaced[0].psa_product_id
+             and r.agreement_id == replaced[0].agreement_id]
+    assert notes and "cancelled one stays in the history" in notes[0]
+    assert not db.session.scalar(db.select(db.func.count(PushIntent.id)).filter_by(state="pending"))

@@ -76,6 +76,14 @@ def write_parallelism(client: PsaClient) -> int:
 
 
 Key = tuple[str, str]  # a line of a company: (agreement, PSA product)
+# How a revert puts back a line, by what the reverted run did to it (shown with the line).
+REVERT_NOTES = {
+    LineAction.CREATED: "this line was created by the reverted run: set to 0, not deleted",
+    # ConnectWise keep history: the client has no call that takes a cancellation back, so the addition the
+    # run added carries the earlier quantity again (the invoice is the same) and the history shows both.
+    LineAction.REPLACED: "the reverted run cancelled the earlier addition and added this one (history kept): "
+                         "this one is set back to {before:g}; the cancelled one stays in the history",
+}
 
 
 @dataclass
@@ -89,10 +97,10 @@ class Company:
     approved: dict[Key, LineResult] = field(default_factory=dict)  # review: approved rows by line
     kept: list[LineResult] = field(default_factory=list)
     settled: dict[Key, LineResult] = field(default_factory=dict)  # by line (("", "unmapped:id"), ("", ""))
-    # A revert: per line, the quantity the reverted run left (a line holding another changed since);
-    # and the lines that run created (set to zero, never deleted).
+    # A revert: per line, the quantity the reverted run left (a line holding another changed since), and
+    # what the line's record says about how it is put back (created lines: zero, never deleted).
     expected: dict[Key, float | None] | None = None
-    created: set[Key] = field(default_factory=set)
+    notes: dict[Key, str] = field(default_factory=dict)
     sending: int = 0  # writes of this company in flight (one per agreement)
     transient: PsaError | None = None  # a write that failed transiently in this attempt
     attempts: int = 0
@@ -207,8 +215,8 @@ class Pusher:
         company.spans = targets_by_agreement([row for row, _ in rows if row.id in known], lambda r: int(known[r.id]))
         company.unmapped = []
         company.expected = {(row.agreement_id, row.psa_product_id): row.after for row, _ in rows}
-        company.created = {(row.agreement_id, row.psa_product_id) for row, _ in rows
-                           if row.action == LineAction.CREATED}
+        company.notes = {(row.agreement_id, row.psa_product_id): REVERT_NOTES[row.action].format(before=before)
+                         for row, before in rows if row.action in REVERT_NOTES and before is not None}
         for row, _ in rows:
             if row.id not in known:
                 change = Change(row.psa_product_id, row.product_id, None, planning.ATTENTION,
@@ -325,8 +333,8 @@ class Pusher:
                     targets, lines[agreement_id], create_missing_lines=self.create_missing and not company.expected,
                     last_written=company.last_written.get(agreement_id, {}), unmapped=company.unmapped if own else ()):
                 change.agreement_id = agreement_id if change.psa_product_id else company.ref.agreement_id
-                if line_key(change) in company.created and change.writes:
-                    change.message = "this line was created by the reverted run: set to 0, not deleted"
+                if line_key(change) in company.notes and change.writes:
+                    change.message = company.notes[line_key(change)]
                 out.append(change)
         return out
 
