@@ -327,10 +327,12 @@ class Pusher:
     def changes(self, company: Company, lines: dict[str, list[Line]]) -> list[Change]:
         """The changes of each agreement the company spans (unmapped products reported once, on its own)."""
         out = []
+        # A revert plans a missing line as created, so `changed_since` reports it removed since the run.
+        create_missing = self.create_missing or company.expected is not None
         for agreement_id, targets in company.spans.items():
             own = agreement_id == company.ref.agreement_id
             for change in planning.plan_agreement(
-                    targets, lines[agreement_id], create_missing_lines=self.create_missing and not company.expected,
+                    targets, lines[agreement_id], create_missing_lines=create_missing,
                     last_written=company.last_written.get(agreement_id, {}), unmapped=company.unmapped if own else ()):
                 change.agreement_id = agreement_id if change.psa_product_id else company.ref.agreement_id
                 if line_key(change) in company.notes and change.writes:
