@@ -1,13 +1,14 @@
 """The data model, one module per aggregate (PRODUCT.md §1)."""
 
 from .audit import AuditEvent
-from .integrations import CompanyMapping, Integration, ProductMapping
+from .integrations import AgreementOverride, CompanyMapping, Integration, ProductMapping
 from .organisation import Organisation
 from .seats import Company, CountOverride, MonthlyCount, Product, Seat
 from .sync import LineResult, PushIntent, SyncRun
 from .users import ApiToken, User
 
 __all__ = [
+    "AgreementOverride",
     "ApiToken",
     "AuditEvent",
     "Company",
