@@ -60,7 +60,7 @@ def finished(run: SyncRun, rq_workers) -> SyncRun:
     return run
 
 
-@pytest.mark.parametrize("kind", ["connectwise", "autotask", "kaseya_bms"])
+@pytest.mark.parametrize("kind", ["connectwise", "autotask", "kaseya_bms", "halopsa"])
 def test_a_revert_puts_back_every_before_quantity_once_and_a_second_revert_writes_nothing(kind, psa_sim, rq_workers):
     companies = [*companies_of(SEATS), "Bluebird Logistics"]
     world = build_world(kind, psa_sim, SEATS, companies=companies)
@@ -175,7 +175,7 @@ def agreement_quantities(world, sim, agreement_id: str) -> dict[str, list[float]
     return out
 
 
-@pytest.mark.parametrize("kind", ["connectwise", "autotask", "kaseya_bms"])
+@pytest.mark.parametrize("kind", ["connectwise", "autotask", "kaseya_bms", "halopsa"])
 def test_a_product_on_an_override_agreement_is_pushed_there_and_not_to_the_default_one(kind, psa_sim, rq_workers):
     seats = {("Harbor Marine Supply", PM): 3, ("Harbor Marine Supply", EB): 2}
     world = build_world(kind, psa_sim, seats, companies=companies_of(seats))
