@@ -1,5 +1,6 @@
 """The data model, one module per aggregate (PRODUCT.md §1)."""
 
+from .alerts import AlertEvent, Channel, Delivery
 from .audit import AuditEvent
 from .integrations import CompanyMapping, Integration, ProductMapping
 from .organisation import Organisation
@@ -8,6 +9,9 @@ from .sync import LineResult, PushIntent, SyncRun
 from .users import ApiToken, User
 
 __all__ = [
+    "AlertEvent",
+    "Channel",
+    "Delivery",
     "ApiToken",
     "AuditEvent",
     "Company",

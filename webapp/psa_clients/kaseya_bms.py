@@ -52,7 +52,7 @@ from .base import (
     WriteOptions,
     WriteResult,
 )
-from .http import DEFAULT_TIMEOUT, PsaHttp, RetryPolicy, base_url_for, limiter_for
+from .http import DEFAULT_TIMEOUT, PsaHttp, RetryPolicy, base_url_for, limiter_for, request_tally
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +273,7 @@ class KaseyaBmsClient(PsaClient):
             is_throttled=_is_throttled, sleep=sleep, timeout=config.get("HTTP_TIMEOUT") or DEFAULT_TIMEOUT,
         )
         self.http.scrub.add(self._password)
+        self.http.tally = request_tally(redis, self.kind)
         # Encrypts the token shared through Redis (the app's credential key); without it nothing is shared.
         self._token_cipher = config.get("TOKEN_CIPHER")
 
