@@ -92,10 +92,9 @@ def metrics():
     return Response(generate_latest(http) + generate_latest(domain), mimetype=CONTENT_TYPE_LATEST)
 
 
-def run_outcome(run_state: str, errors: int, attention: int) -> str:
-    if run_state != state.RunState.FINISHED:
-        return str(run_state)
-    return "errors" if errors else str(state.LineAction.NEEDS_ATTENTION) if attention else "ok"
+# A run's outcome as a label: its state, a finished run split by what its companies came to.
+RUN_OUTCOME = case((SyncRun.state != state.RunState.FINISHED, SyncRun.state), (SyncRun.errors > 0, "errors"),
+                   (SyncRun.needs_attention > 0, str(state.LineAction.NEEDS_ATTENTION)), else_="ok")
 
 
 class DomainCollector:
@@ -113,16 +112,11 @@ class DomainCollector:
 
     def _runs(self):
         family = CounterMetricFamily("seatsync_sync_runs", "Sync runs by PSA and outcome", labels=["psa", "outcome"])
-        rows = db.session.execute(
-            select(Integration.kind, SyncRun.state, SyncRun.errors > 0, SyncRun.needs_attention > 0, func.count())
-            .join(Integration, Integration.id == SyncRun.integration_id)
-            .group_by(Integration.kind, SyncRun.state, SyncRun.errors > 0, SyncRun.needs_attention > 0)).all()
-        totals: dict[tuple[str, str], int] = {}
-        for kind, run_state, errors, attention, n in rows:
-            key = (kind, run_outcome(run_state, errors, attention))
-            totals[key] = totals.get(key, 0) + n
-        for labels, n in sorted(totals.items()):
-            family.add_metric(list(labels), n)
+        rows = db.session.execute(select(Integration.kind, RUN_OUTCOME, func.count())
+                                  .join(Integration, Integration.id == SyncRun.integration_id)
+                                  .group_by(Integration.kind, RUN_OUTCOME).order_by(Integration.kind)).all()
+        for kind, outcome, n in rows:
+            family.add_metric([kind, outcome], n)
         yield family
 
     def _lines(self):
