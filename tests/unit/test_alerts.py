@@ -78,6 +78,14 @@ def test_a_signed_webhook_secret_is_shown_once_and_neither_it_nor_the_url_is_sto
     assert audit.after["events"] == ["run.finished", "run.failed"] and "secret" not in json.dumps(audit.after)
     assert crypto.decrypt_json(channel.target_encrypted)["secret"] == secret  # kept when nothing new is typed
 
+    client.post(f"/settings/notifications/{channel.id}/test")  # refused: nothing listens on port 9
+    (failed,) = db.session.scalars(db.select(Delivery)).all()
+    assert failed.state == "failed" and "could not be reached" in failed.error and "secret-path" not in failed.error
+    assert client.post(f"/settings/notifications/{channel.id}/delete").status_code == 302
+    assert db.session.scalar(db.select(db.func.count(Channel.id))) == 0
+    assert db.session.scalar(db.select(db.func.count(Delivery.id))) == 0
+    assert db.session.scalar(db.select(db.func.count(AuditEvent.id)).filter_by(kind="alert_channel.deleted")) == 1
+
 
 # --------------------------------------------------------------------------------------------------
 # Events from a closed run
