@@ -98,6 +98,8 @@ def closed_run(psa_app, psa_sim):
     acme = db.session.scalar(db.select(Company).filter_by(name="Acme Dental"))
     mapping = CompanyMapping(integration=integration, company=acme, psa_company_id="1", agreement_id="10")
     db.session.add(mapping)
+    bluebird = db.session.scalar(db.select(Company).filter_by(name="Bluebird Logistics"))
+    db.session.add(CompanyMapping(integration=integration, company=bluebird, excluded=True))  # excluded on purpose
     run = state.new_run(integration_id=integration.id, trigger="cli", total=1, done=1, updated=1)
     run.state = state.RunState.FINISHED
     db.session.flush()
@@ -122,10 +124,13 @@ def test_a_closed_run_raises_swing_drift_and_missing_mapping_events(closed_run):
     assert ("quantity.drift", f"quantity.drift:{integration_id}:10:p3") in events
     assert not any(key.endswith(":p2") for _, key in events)
     missing = sorted(key for kind, key in events if kind == "mapping.missing")
-    # The unmapped product, and the companies with seats but no company mapping (all but Acme Dental).
+    # The unmapped product, and the companies with seats but no company mapping (not Acme Dental, mapped, nor
+    # Bluebird Logistics, excluded).
     assert any(key.startswith(f"unmapped-product:{integration_id}:") for key in missing)
-    seated = db.session.scalar(db.select(db.func.count(db.distinct(Seat.company_id))))
-    assert sum(key.startswith("unmapped-company:") for key in missing) == seated - 1
+    seated = set(db.session.scalars(db.select(Seat.company_id).join(Company).where(
+        Company.name.not_in(["Acme Dental", "Bluebird Logistics"]))))
+    assert {int(key.rsplit(":", 1)[1]) for key in missing if key.startswith("unmapped-company:")} == seated
+    assert len(seated) >= 3
 
     raise_events(events_of_run(closed_run), run_id=closed_run.id)
     db.session.commit()

@@ -122,21 +122,21 @@ def _missing_mappings(lines, integration: Integration, psa: str) -> list[Event]:
                              f"{psa}: the product {product} has no mapping",
                              f"{company} uses it; map it on the integration's Products tab.",
                              {"psa": integration.kind, "product": product}))
-    mapped = exists().where(CompanyMapping.company_id == Company.id, CompanyMapping.integration_id == integration.id,
-                            CompanyMapping.psa_company_id.is_not(None))
+    # Mapped, or excluded on purpose: not news.
+    decided = exists().where(CompanyMapping.company_id == Company.id, CompanyMapping.integration_id == integration.id,
+                             CompanyMapping.psa_company_id.is_not(None) | CompanyMapping.excluded)
     seated = exists().where(Seat.company_id == Company.id)
     for company_id, name in db.session.execute(select(Company.id, Company.name).where(
-            Company.active, seated, ~mapped).order_by(Company.id).limit(MAX_LINE_EVENTS)):
+            Company.active, seated, ~decided).order_by(Company.id)):
         out.append(Event("mapping.missing", "warning", f"unmapped-company:{integration.id}:{company_id}",
                          f"{psa}: the company {name} has no mapping", "Map it on the integration's Companies tab.",
                          {"psa": integration.kind, "company": name}))
-    return _first_time_only(out)
+    return _first_time_only(out)[:MAX_LINE_EVENTS]
 
 
 def _first_time_only(events: list[Event]) -> list[Event]:
     """A missing mapping is news once: a key raised before is not raised again."""
-    keys = {e.key for e in events}
-    seen = set(db.session.scalars(select(AlertEvent.key).where(AlertEvent.key.in_(keys)))) if keys else set()
+    seen = set(db.session.scalars(select(AlertEvent.key).where(AlertEvent.key.like("unmapped-%"))))
     unique = {e.key: e for e in events if e.key not in seen}
     return list(unique.values())
 
