@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from standardwebhooks import Webhook
 
+from tests.fixtures.browser import screenshot
+
 pytestmark = pytest.mark.browser
 
 
@@ -20,6 +22,7 @@ def test_an_admin_adds_a_webhook_channel_sends_a_test_and_sees_it_in_the_log(liv
     page.get_by_label("Name").fill("Ops events")
     page.get_by_role("button", name="Add channel").click()
 
+    screenshot(page, "notifications-added")
     secret = page.locator("#new-secret").inner_text()
     assert secret.startswith("whsec_")
     page.get_by_role("link", name="Open the channel").click()
@@ -33,5 +36,6 @@ def test_an_admin_adds_a_webhook_channel_sends_a_test_and_sees_it_in_the_log(liv
     cells = [c.strip() for c in row.locator("td").all_inner_texts()]
     assert cells[1] == "test" and cells[2] == "sent" and cells[3] == "200" and cells[4] == "1", cells
 
+    screenshot(page, "notifications-channel")
     (received,) = webhook_receiver.at("/seatsync-events")
     assert Webhook(secret).verify(received.body, received.headers)["type"] == "test"

@@ -108,7 +108,7 @@ def create():
         choices, target = _choices(request.form), _target(kind, request.form)
     except FormError as error:
         flash(str(error), "error")
-        return _index(422, form=request.form)
+        return _index(422, form={**request.form.to_dict(), "events": request.form.getlist("events"), "url": ""})
     secret = new_secret() if kind == "webhook" else None
     if secret:
         target["secret"] = secret
