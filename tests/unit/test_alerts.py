@@ -198,3 +198,19 @@ def test_smtp_settings_from_separate_variables_make_one_url(tmp_path):
     assert settings["SMTP_URL"] == "smtp://alerts%40msp.example:p%40ss%3Aword@smtp.example.com:2525"
     implicit = load_settings(str(tmp_path), {"SMTP_HOST": "smtp.example.com", "SMTP_TLS": "ssl"})
     assert implicit["SMTP_URL"] == "smtps://smtp.example.com"
+
+
+def test_the_swing_threshold_is_an_integration_option_and_nonsense_keeps_the_last_value(psa_app, psa_sim, client,
+                                                                                       login_as):
+    login_as("admin")
+    integration = connect("connectwise", psa_sim)
+    form = {"push_month": "last_closed_month", "create_missing_lines": "on"}
+    client.post("/integrations/connectwise/options", headers={"HX-Request": "true"},
+                data={**form, "alert_swing_percent": "15", "alert_swing_units": "4"})
+    db.session.refresh(integration)
+    assert (integration.option("alert_swing_percent"), integration.option("alert_swing_units")) == (15, 4)
+    answer = client.post("/integrations/connectwise/options", headers={"HX-Request": "true"},
+                         data={**form, "alert_swing_percent": "lots", "alert_swing_units": "-3"})
+    assert answer.status_code == 200 and 'name="alert_swing_percent"' in answer.text
+    db.session.refresh(integration)
+    assert (integration.option("alert_swing_percent"), integration.option("alert_swing_units")) == (15, 0)
