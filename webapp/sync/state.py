@@ -28,6 +28,7 @@ from ..models._types import utcnow
 
 log = logging.getLogger(__name__)
 
+
 class RunState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -186,9 +187,20 @@ def run_is_open(run: SyncRun | None) -> bool:
     return run is not None and run.state in OPEN_RUN
 
 
+# Called once per run that closed (finished or stopped), after the commit: the alerts register here,
+# so the engine records and never imports what reads its records.
+RUN_CLOSED_HANDLERS: list = []
+
+
+def on_run_closed(func):
+    RUN_CLOSED_HANDLERS.append(func)
+    return func
+
+
 def close_run_if_done(run_id: int) -> None:
     """Close the run once every company is done: awaiting review while changes wait for an admin,
-    stopped when a job stopped it (its message says why), else finished. Commits."""
+    stopped when a job stopped it (its message says why), else finished. Commits; then, for the one
+    caller whose UPDATE closed the run as finished or stopped, calls the RUN_CLOSED_HANDLERS."""
     waiting = exists().where(LineResult.run_id == run_id, LineResult.action.in_(UNDECIDED))
     stopped = SyncRun.stop_reason != ""
     closed = db.session.execute(
@@ -210,15 +222,6 @@ def close_run_if_done(run_id: int) -> None:
                 db.session.rollback()
                 log.exception("run-closed handler %s failed for run %s", handler.__name__, run_id)
 
-
-# Called once per run that closed (finished or stopped), after the commit: the alerts register here,
-# so the engine records and never imports what reads its records.
-RUN_CLOSED_HANDLERS: list = []
-
-
-def on_run_closed(func):
-    RUN_CLOSED_HANDLERS.append(func)
-    return func
 
 
 def stop_run(run_id: int, reason: str) -> None:
