@@ -17,11 +17,11 @@ def start_sweeper(app) -> None:
     """Take over the companies of dead sync jobs every lease period, so a restarted fleet goes on
     within seconds even before the clock's next minute tick (several workers sweeping is harmless:
     a takeover is a conditional UPDATE)."""
+    from webapp.models._types import utcnow
     from webapp.sync.jobs import sweep_stale_runs
     from webapp.sync.leases import lease_seconds
 
     def sweep_forever() -> None:
-        import datetime as dt
         import logging
         import time
 
@@ -29,7 +29,7 @@ def start_sweeper(app) -> None:
             interval = max(1, min(30, lease_seconds()))
             while True:
                 try:
-                    sweep_stale_runs(dt.datetime.now(dt.UTC))
+                    sweep_stale_runs(utcnow())
                 except Exception:  # the database or Redis is away for a moment: the next sweep retries
                     logging.getLogger(__name__).warning("sync sweep failed", exc_info=True)
                 finally:

@@ -9,13 +9,16 @@ by count overrides, runs `python worker.py` processes and, per PSA, two runs of 
 1. calm: prints
 - PSA calls made vs the minimum needed: the fewest reads the API allows (ConnectWise: one per agreement;
   Autotask: two queries per 500 contracts; Kaseya BMS: one contracts lookup per 100 contracts, the services
-  catalog, and the related-services pages of each mapped service), plus the fewest writes (ConnectWise and
-  Autotask: one per line whose quantity differs, a missing Autotask line included; Kaseya BMS: one per
-  contract with any line to write, because its write takes every line of a contract at once), plus the
+  catalog, and the related-services pages of each mapped service; HaloPSA: the list of every recurring
+  invoice with its lines, one page per 100), plus the fewest writes (ConnectWise and Autotask: one per line
+  whose quantity differs, a missing Autotask line included; Kaseya BMS and HaloPSA: one per contract /
+  recurring invoice with any line to write, because their write takes every line of one at once), plus the
   read-back of the written lines (ConnectWise: one per written agreement; Autotask: two queries per 500
-  written contracts; Kaseya BMS: none, Units cannot be read back);
-- wall time vs the bound: minimum calls × latency ÷ the PSA's allowed concurrency (Kaseya BMS documents
-  none: the bound uses the 3 writes in flight SeatSync allows it, webapp/sync/push.UNDOCUMENTED_CONCURRENCY);
+  written contracts; Kaseya BMS: none, Units cannot be read back; HaloPSA: the list again, or the written
+  recurring invoices one by one if fewer);
+- wall time vs the bound: minimum calls × latency ÷ the PSA's allowed concurrency (Kaseya BMS and HaloPSA
+  document none: the bound uses the 3 requests in flight per endpoint SeatSync allows them, their clients'
+  concurrency_per_endpoint, which is also webapp/sync/push.UNDOCUMENTED_CONCURRENCY writes per job);
 - requests in flight, time-weighted (psa_sim/inflight.py): the average over the time at least one was in
   flight, for the PSA and its busiest endpoints, and over the whole wall time;
 - the workers' peak RSS (VmHWM);
@@ -34,8 +37,8 @@ Prints the run's outcome, whether every line is right afterwards, and calls vs 1
 Hourly budgets: the simulator would accept any rate, so the run sets PSA_DEV_HOSTS_NO_HOURLY_LIMIT=1, which
 lifts the PSAs' hourly budgets for PSA_DEV_HOSTS only (never for a real host). The measured wall is
 therefore without them; for the PSAs that document one, the bench also prints the wall projected under the
-real budget (Kaseya BMS: 1,500 calls per hour per endpoint; Autotask: 10,000 per hour per database),
-assuming the sync starts with the hour's budget unused.
+real budget (Kaseya BMS: 1,500 calls per hour per endpoint; Autotask: 10,000 per hour per database;
+HaloPSA: 60 per minute per instance), assuming the sync starts with the budget unused.
 """
 
 from __future__ import annotations
@@ -61,11 +64,13 @@ import redis as redis_lib
 from werkzeug.serving import make_server
 
 from bench.common import bench_environ, migrated_app, throwaway_database
+from webapp.models._types import utcnow
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 ROOT = Path(__file__).resolve().parents[1]
-HOST_FIELD = {"connectwise": "site", "kaseya_bms": "hostname", "autotask": None}
-PSAS = ["connectwise", "autotask", "kaseya_bms"]
+HOST_FIELD = {"connectwise": "site", "kaseya_bms": "hostname", "autotask": None, "halopsa": "instance"}
+PSAS = ["connectwise", "autotask", "kaseya_bms", "halopsa"]
+WHOLE_AGREEMENT_WRITES = ("kaseya_bms", "halopsa")  # one request writes every line of a contract / recurring invoice
 BUSY_RUN_STATES = {"queued", "running"}
 
 
@@ -84,6 +89,15 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def projected_wall(kind: str, sent: list[dict], wall: float) -> str:
     """The wall time under the PSA's real hourly budget, which the bench lifts for the simulator.
 
@@ -98,6 +112,11 @@ def projected_wall(kind: str, sent: list[dict], wall: float) -> str:
     elif kind == "autotask":
         per_budget = Counter({"the database": len(sent)})
         limit, what = 10_000, "10,000 calls per hour per database"
+    elif kind == "halopsa":
+        # A minute's window: the calls take at least calls / 60 minutes, whatever the concurrency.
+        minutes = len(sent) / 60
+        return (f"projected under the real budget (60 calls per minute per instance; measured with it lifted): "
+                f"at least {max(wall, minutes * 60) / 60:.0f} min for {len(sent)} calls")
     else:
         return ""
     busiest, count = per_budget.most_common(1)[0] if per_budget else ("-", 0)
@@ -157,6 +176,7 @@ class Outcome:
     error_reasons: Counter = field(default_factory=Counter)
     wrong: list[str] = field(default_factory=list)
     lines: int = 0
+    cpu: float = 0.0  # the workers' CPU seconds during the run
 
 
 def start_simulator(companies: int) -> tuple[object, object, str]:
@@ -252,13 +272,18 @@ def minimum_calls(mapped: Mapped, sim: Sim) -> tuple[int, int]:
             differing[agreement] += held[psa_product] is None or held[psa_product] != target
         else:
             differing[agreement] += target > 0
-    # Kaseya BMS writes every line of a contract in one request.
-    writes = sum(min(n, 1) if mapped.kind == "kaseya_bms" else n for n in differing.values())
+    # Kaseya BMS and HaloPSA write every line of a contract / recurring invoice in one request.
+    writes = sum(min(n, 1) if mapped.kind in WHOLE_AGREEMENT_WRITES else n for n in differing.values())
     count, written = len(mapped.mappings), sum(1 for n in differing.values() if n)
     if mapped.kind == "connectwise":
         return count + written, writes
     if mapped.kind == "autotask":
         return 2 * math.ceil(count / 500) + 2 * math.ceil(written / 500), writes
+    if mapped.kind == "halopsa":
+        # The list of every recurring invoice (one page per 100) is the only batched read; the read-back
+        # reads it again, or the written invoices one by one when that is fewer calls (the client's rule).
+        pages = math.ceil(len(sim.state.data["halopsa"]["invoices"]) / 100)
+        return pages + min(pages, written), writes
     tables = sim.state.data["kaseya_bms"]
     used = Counter(line["serviceId"] for line in tables["contract_services"].values())
     wanted = {str(psa_id) for psa_id in mapped.psa_products.values()}
@@ -288,6 +313,17 @@ def start_workers(count: int, environ: dict) -> list[subprocess.Popen]:
             for _ in range(count)]
 
 
+def wait_until_listening(count: int, environ: dict, timeout: float = 60) -> None:
+    """Until `count` workers listen on the bench's queue: a production fleet is up before a sync starts,
+    so the clock starts then, not while the processes still import the app."""
+    from rq import Queue, Worker
+
+    queue = Queue(environ["QUEUE_NAME"], connection=redis_lib.Redis.from_url(REDIS_URL))
+    deadline = time.monotonic() + timeout
+    while Worker.count(queue=queue) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def stop_workers(workers: list[subprocess.Popen]) -> None:
     for worker in workers:
         with contextlib.suppress(ProcessLookupError):
@@ -303,7 +339,8 @@ def run_one_sync(mapped: Mapped, sim: Sim, args, environ: dict) -> Outcome:
 
     workers = start_workers(args.workers, environ)
     try:
-        time.sleep(2)  # workers up before the clock starts
+        wait_until_listening(args.workers, environ)
+        cpu_before = sum(cpu_seconds(w.pid) for w in workers)
         sim.state.clear_log()
         started = time.monotonic()
         run = start_sync(mapped.integration, trigger="cli")
@@ -319,12 +356,13 @@ def run_one_sync(mapped: Mapped, sim: Sim, args, environ: dict) -> Outcome:
             in_flight = sim.state.in_flight.report()
             sent = [r for r in sim.state.log if r["psa"] == mapped.kind]
         rss = max(peak_rss_mb(w.pid) for w in workers)
+        cpu = sum(cpu_seconds(w.pid) for w in workers) - cpu_before
     finally:
         stop_workers(workers)
     companies = db.session.scalars(db.select(CompanyMapping).filter_by(integration_id=mapped.integration.id)).all()
     statuses = Counter(value_of(m.status) for m in companies)
     reasons = Counter(m.status_reason[:160] for m in companies if value_of(m.status) == "error")
-    return Outcome(current, finished, wall, rss, sent, in_flight, statuses, reasons)
+    return Outcome(current, finished, wall, rss, sent, in_flight, statuses, reasons, cpu=cpu)
 
 
 def describe_run(outcome: Outcome) -> str:
@@ -337,13 +375,16 @@ def describe_run(outcome: Outcome) -> str:
     return f"run {value_of(run.state)}{ended}: {counts}; companies now: {companies}{reasons}"
 
 
-def describe_in_flight(mapped: Mapped, outcome: Outcome) -> list[str]:
+def describe_in_flight(mapped: Mapped, outcome: Outcome, ceiling: Ceiling | None = None) -> list[str]:
     psa = outcome.in_flight.get(mapped.kind)
     if psa is None:
         return ["  no request in flight"]
     lines = [f"  in flight (time-weighted): {psa['average_while_busy']:.2f} of {mapped.concurrency} on average "
              f"while any was ({psa['busy_seconds']:.1f} s), {psa['average_over_wall']:.2f} over the wall time, "
              f"at most {psa['max']} (target ≥ 2.8 of 3)"]
+    if ceiling is not None and ceiling.in_flight:
+        lines.append(f"    = {psa['average_while_busy'] / ceiling.in_flight:.0%} of the bare client's "
+                     f"{ceiling.in_flight:.2f}")
     endpoints = sorted(((key, f) for key, f in outcome.in_flight.items() if key.startswith(f"{mapped.kind} ")),
                        key=lambda item: -item[1]["busy_seconds"])
     for key, figures in endpoints[:3]:
@@ -370,7 +411,46 @@ def problems_of(label: str, outcome: Outcome) -> list[str]:
     return problems
 
 
-def calm_run(mapped: Mapped, sim: Sim, args, environ: dict) -> list[str]:
+@dataclass
+class Ceiling:
+    """What a bare client gets from this simulator on this machine: the most any client could."""
+
+    in_flight: float  # time-weighted, while any was in flight
+    call_seconds: float  # mean time of one call as the client sees it (latency + HTTP on both sides)
+
+
+def bare_client_ceiling(sim: Sim, latency_ms: float, threads: int = 3, seconds: float = 6.0) -> Ceiling:
+    """`threads` threads that only send requests back to back (keep-alive sessions, no limiter, no database)
+    to a cheap simulated endpoint. The simulator's HTTP stack (werkzeug, pure Python) adds a few ms to every
+    call outside its latency, more on a loaded machine; no client can keep more in flight than this."""
+    import requests
+
+    url = f"http://{sim.host}/login/companyinfo/bench-ceiling"
+    sim.state.latency_ms = latency_ms
+    sim.state.clear_log()
+    durations: list[float] = []
+
+    def send() -> None:
+        with requests.Session() as session:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                started = time.monotonic()
+                session.get(url, timeout=10)
+                durations.append(time.monotonic() - started)
+
+    senders = [threading.Thread(target=send) for _ in range(threads)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+    with sim.state.lock:
+        figures = sim.state.in_flight.report().get("connectwise", {})
+    sim.state.latency_ms = 0
+    sim.state.clear_log()
+    return Ceiling(figures.get("average_while_busy", 0.0), sum(durations) / max(1, len(durations)))
+
+
+def calm_run(mapped: Mapped, sim: Sim, args, environ: dict, ceiling: Ceiling) -> list[str]:
     reads, writes = minimum_calls(mapped, sim)
     minimum = reads + writes
     sim.state.latency_ms = args.latency_ms
@@ -384,14 +464,18 @@ def calm_run(mapped: Mapped, sim: Sim, args, environ: dict) -> list[str]:
           f"{calls / minimum:.2f}× (target ≤ 1.1×)")
     print(f"  wall {outcome.wall:.1f} s vs bound {bound:.1f} s ({minimum} × {args.latency_ms:g} ms ÷ "
           f"{mapped.concurrency}): {outcome.wall / bound:.2f}× (target ≤ 1.25×)")
-    if mapped.kind == "kaseya_bms":
-        print(f"    (Kaseya BMS documents no concurrency limit: the bound uses the {mapped.concurrency} writes "
-              "in flight SeatSync allows a PSA without one)")
-    print("\n".join(describe_in_flight(mapped, outcome)))
+    reachable = minimum * ceiling.call_seconds / mapped.concurrency
+    print(f"    with calls as long as the bare client's ({1000 * ceiling.call_seconds:.1f} ms) the bound is "
+          f"{reachable:.1f} s: {outcome.wall / reachable:.2f}×")
+    if mapped.kind in ("kaseya_bms", "halopsa"):
+        print(f"    ({mapped.client.display_name} documents no concurrency limit: the bound uses the "
+              f"{mapped.concurrency} requests in flight SeatSync allows a PSA without one)")
+    print("\n".join(describe_in_flight(mapped, outcome, ceiling)))
     projected = projected_wall(mapped.kind, outcome.sent, outcome.wall)
     if projected:
         print(f"  {projected}")
-    print(f"  worker peak RSS {outcome.rss:.0f} MB (target ≤ 150 MB)")
+    print(f"  worker peak RSS {outcome.rss:.0f} MB (target ≤ 150 MB); workers' CPU {outcome.cpu:.1f} s "
+          f"({1000 * outcome.cpu / max(1, calls):.1f} ms per PSA call)")
     print("\n".join(describe_lines(outcome)))
     return problems_of(f"{mapped.kind} calm", outcome)
 
@@ -434,7 +518,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--companies", type=int, default=1000)
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--psa", action="append", choices=PSAS, help="repeat for several; default all three")
+    parser.add_argument("--psa", action="append", choices=PSAS, help="repeat for several; default all four")
     parser.add_argument("--storm-rate", type=float, default=0.2, help="share of 5xx answers in the storm run")
     parser.add_argument("--seed", type=int, default=1, help="seeds the storm's faults and its new targets")
     parser.add_argument("--no-storm", action="store_true", help="only the calm run")
@@ -472,15 +556,19 @@ def bench_every_psa(args, state, host: str, environ: dict) -> list[str]:
     from webapp.counts import push_month
     from webapp.sync.plan import billed_month_start
 
-    now = dt.datetime.now(dt.UTC)
+    now = utcnow()
     products = add_companies_and_targets(args.companies, push_month("last_closed_month", now))
     sim = Sim(state, host, billed_month_start(now, "UTC"))
     print(f"{args.companies} companies × 3 products, simulator latency {args.latency_ms:g} ms, "
           f"{args.workers} worker processes")
+    ceiling = bare_client_ceiling(sim, args.latency_ms)
+    print(f"A bare client (3 threads sending back to back, nothing else) keeps {ceiling.in_flight:.2f} of 3 in "
+          f"flight; its calls take {1000 * ceiling.call_seconds:.1f} ms at the simulator's {args.latency_ms:g} ms: "
+          "the most any client gets from this simulator on this machine.")
     problems = []
     for kind in args.psa or PSAS:
         mapped = map_everything(kind, host, products)
-        problems += calm_run(mapped, sim, args, environ)
+        problems += calm_run(mapped, sim, args, environ, ceiling)
         if not args.no_storm:
             problems += storm_run(mapped, sim, args, environ)
     return problems

@@ -27,6 +27,13 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from .seed import SIM_CREDENTIALS
+from .wire import arg as _arg
+from .wire import as_bool as _bool
+from .wire import as_int as _int
+from .wire import bearer_is_live
+from .wire import ci as _ci
+from .wire import contains as _contains
+from .wire import new_id as _new_id
 
 PREFIX = "/v2/"
 EXPIRED_TOKEN_CODE = 978001
@@ -88,42 +95,9 @@ def error_response(status: int, message: str, kind: str | None = None) -> Respon
     return _fail(message, status=status, code=EXPIRED_TOKEN_CODE if status == 401 else status)
 
 
-def _ci(obj: Any, name: str, default: Any = None) -> Any:
-    if not isinstance(obj, dict):
-        return default
-    lowered = name.lower()
-    for key, value in obj.items():
-        if str(key).lower() == lowered:
-            return value
-    return default
-
-
-def _arg(name: str) -> str | None:
-    lowered = name.lower()
-    for key in request.args:
-        if key.lower() == lowered:
-            return request.args.get(key)
-    return None
-
-
 def _arg_list(name: str) -> list[str]:
     lowered = name.lower()
     return [v for key in request.args if key.lower() == lowered for v in request.args.getlist(key)]
-
-
-def _bool(value: Any) -> bool | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in ("true", "1")
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _form(name: str) -> str:
@@ -142,10 +116,6 @@ def _page(rows: list, tables: dict, page_size: Any, page_number: Any) -> tuple[l
     size = max(1, min(_int(page_size) or 25, tables["settings"]["max_page_size"]))
     number = max(1, _int(page_number) or 1)  # 0 and 1 both mean the first page
     return rows[(number - 1) * size:number * size], len(rows)
-
-
-def _contains(haystack: str, needle: Any) -> bool:
-    return not needle or str(needle).strip().lower() in (haystack or "").lower()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,11 +166,6 @@ def _service_post_out(tables: dict, line: dict) -> dict:
     }
 
 
-def _new_id(tables: dict) -> int:
-    tables["next_id"] += 1
-    return tables["next_id"]
-
-
 # --------------------------------------------------------------------------------------------------
 # The API
 # --------------------------------------------------------------------------------------------------
@@ -235,11 +200,7 @@ def _security_routes(bp: Blueprint, state) -> None:
             "/v2/security/authenticate", "/v2/security/refreshtoken",
         ):
             return None
-        header = request.headers.get("Authorization", "")
-        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        with state.lock:
-            expires = tables()["tokens"].get(token)
-        if expires is None or expires <= time.time():
+        if not bearer_is_live(state, "kaseya_bms"):
             return _fail("Security Error", status=401, code=EXPIRED_TOKEN_CODE)
         return None
 

@@ -1,4 +1,4 @@
-"""Seed data shared by the three simulated PSAs: the same customers, products and agreements in each.
+"""Seed data shared by the four simulated PSAs: the same customers, products and agreements in each.
 
 The demo set uses the same company and product names as SeatSync's `flask seed-demo`, so that
 "Suggest matches" finds them; `companies=N` generates N customers for tests and benchmarks.
@@ -14,6 +14,7 @@ SIM_CREDENTIALS = {
     "connectwise": {"company_id": "seatsync", "public_key": "sim-public", "private_key": "sim-private"},
     "autotask": {"username": "api@seatsync.test", "secret": "sim-secret", "integration_code": "SIMTRACKINGID"},
     "kaseya_bms": {"username": "api-user", "password": "sim-password", "company": "SeatSync Sim"},
+    "halopsa": {"tenant": "seatsync", "client_id": "seatsync-sim", "client_secret": "sim-client-secret"},
 }
 
 DEMO_PRODUCTS = ["Password Manager Business", "Endpoint Backup", "Email Security", "Security Awareness Training"]

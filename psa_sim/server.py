@@ -1,11 +1,11 @@
-"""The simulator's server: one Flask app on loopback serving all three PSA APIs, plus `/_sim/` controls.
+"""The simulator's server: one Flask app on loopback serving all four PSA APIs, plus `/_sim/` controls.
 
-The three APIs live on disjoint paths (ConnectWise `/login/companyinfo/…` and `/<codebase>/apis/3.0/…`,
-Autotask `/atservicesrest/…`, Kaseya BMS `/v2/…`), so one port serves them all.
+The four APIs live on disjoint paths (ConnectWise `/login/companyinfo/…` and `/<codebase>/apis/3.0/…`,
+Autotask `/atservicesrest/…`, Kaseya BMS `/v2/…`, HaloPSA `/auth/token` and `/api/…`), so one port serves them all.
 
 Controls (JSON):
 - POST /_sim/reset                      empty every PSA, clear the log and the faults
-- POST /_sim/seed     {"companies": N | "demo", "products": [...]}   seed all three PSAs alike
+- POST /_sim/seed     {"companies": N | "demo", "products": [...]}   seed all four PSAs alike
 - GET  /_sim/requests[?psa=autotask]    the request log: [{psa, method, path, query, status, body, at, fault}]
                                         (`fault`: the kind or status of the injected fault, else null)
 - DELETE /_sim/requests                 clear the log
@@ -30,7 +30,8 @@ Each rule counts every request it matches; the first rule that fires answers. Ho
 - `"status": 503` (default 500): answered with the PSA's own error body for that status, not processed;
 - `"status": 429, "retry_after": 1`: the same, with a Retry-After header (any status may carry one);
 - `"kind": "thread_limit"` (Autotask, with status 500 or 429): Autotask's thread-threshold error text
-  (Itgenatr005); other PSA-specific body kinds: Autotask "permission"/"empty", Kaseya BMS "envelope";
+  (Itgenatr005); other PSA-specific body kinds: Autotask "permission"/"empty", Kaseya BMS "envelope",
+  HaloPSA "text" (a plain-text body);
 - `"kind": "timeout", "delay_ms": 65000`: processed, but the answer is held `delay_ms` (default 65 s,
   past SeatSync's 60 s read timeout), so the client gives up on a request that did land;
 - `"kind": "applied"`: processed, then answered `status` (500) instead of the real success: the lost
@@ -49,12 +50,12 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 
-from . import autotask, connectwise, kaseya_bms
+from . import autotask, connectwise, halopsa, kaseya_bms
 from . import seed as seeding
 from .faults import APPLIED, SERVER_ACTED, TIMEOUT, FaultRule, Faults, InvalidRule
 from .inflight import InFlight
 
-PSA_MODULES = {"connectwise": connectwise, "autotask": autotask, "kaseya_bms": kaseya_bms}
+PSA_MODULES = {"connectwise": connectwise, "autotask": autotask, "kaseya_bms": kaseya_bms, "halopsa": halopsa}
 
 
 @dataclass

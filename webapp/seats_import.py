@@ -25,7 +25,7 @@ import io
 import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -251,7 +251,6 @@ def validate(data: bytes, progress: Progress | None = None, tz: ZoneInfo | None 
     """Read and check the whole file and work out what it would change. Writes nothing."""
     from .timezones import org_zone
 
-    tz = tz or org_zone()
     plan = ImportPlan()
     text = _decode(data, plan)
     if text is None:
@@ -261,109 +260,145 @@ def validate(data: bytes, progress: Progress | None = None, tz: ZoneInfo | None 
     names = _header(reader, plan)
     if names is None:
         return plan
-
-    products: dict[str, int | str] = {}  # name -> id, or a new product's key
-    for pid, pname in db.session.execute(select(Product.id, Product.name)):
-        products[pname.strip().lower()] = pid
-    new_products: dict[str, dict] = {}
-    companies = _Companies()
-    rows: dict[tuple, dict] = {}  # (company id or key, product id, email) -> seat values
-    first_line: dict[tuple, int] = {}
-    line = 1
-    while True:
-        try:
-            values = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as error:
-            plan.errors.append(RowError(reader.line_num, f"unreadable CSV ({error}); check the quotes"))
-            break
-        line = reader.line_num - (sum(v.count("\n") for v in values))  # a quoted value may span lines
-        if not any(v.strip() for v in values):
-            continue
-        plan.rows += 1
+    rows = _RowChecker(plan, tz or org_zone())
+    for line, row in _data_rows(reader, names, plan):
         if progress and plan.rows % PROGRESS_EVERY == 0:
             progress(reader.line_num, total)
-        if len(values) != len(names):
-            plan.errors.append(RowError(line, f"{len(values)} values but the header has {len(names)} columns "
-                                              "(a value containing a comma needs double quotes)"))
-            continue
-        row = {n: v.strip() for n, v in zip(names, values, strict=True) if n}
-        before = len(plan.errors)
-
-        def bad(column, reason, _line=line):
-            plan.errors.append(RowError(_line, reason, column))
-
-        for column in REQUIRED:
-            if not row.get(column):
-                bad(column, f"{column} is empty")
-        for column in ("company", "company_external_id", "product"):
-            if len(row.get(column, "")) > 255:
-                bad(column, f"{column} is longer than 255 characters")
-        product_id = products.get(row.get("product", "").lower())
-        if row.get("product") and product_id is None and len(row["product"]) <= 255:
-            product_id = products[row["product"].lower()] = f"product:{row['product'].lower()}"
-            new_products[product_id] = {"key": product_id, "name": row["product"]}
-        email = None
-        if row.get("user_email"):
-            try:
-                email = parse_email(row["user_email"])
-            except EmailNotValidError as error:
-                bad("user_email", f"bad e-mail {row['user_email']!r}: {error}")
-        start = end = None
-        for column in ("active_from", "active_to"):
-            if row.get(column):
-                try:
-                    parsed = parse_when(row[column], tz)
-                except ValueError:
-                    bad(column, f"bad date {row[column]!r} in {column}: use YYYY-MM-DD or YYYY-MM-DD HH:MM "
-                                "(optionally with Z or a UTC offset)")
-                    continue
-                start, end = (parsed, end) if column == "active_from" else (start, parsed)
-        if start and end and end <= start:
-            bad("active_to", f"active_to {row['active_to']} is before active_from {row['active_from']}"
-                if end < start else "active_to is the same as active_from")
-        try:
-            billable = parse_billable(row.get("billable", ""))
-        except ValueError:
-            bad("billable", f"bad billable value {row['billable']!r}: use true or false")
-            billable = True
-        company = None
-        if row.get("company"):
-            company, reason = companies.resolve(row["company"], row.get("company_external_id", ""), line)
-            if reason:
-                bad("company_external_id", reason)
-        if len(plan.errors) > before or company is None or product_id is None or email is None:
-            continue
-        key = (company, product_id, email)
-        if key in rows:
-            bad(None, f"duplicate row: the same company, product and user as line {first_line[key]}")
-            continue
-        first_line[key] = line
-        rows[key] = {"active_from": start, "active_to": end, "billable": billable, "line": line,
-                     "label": f"{row['company']} / {row['product']} / {email}"}
+        rows.check(line, row)
     if progress:
         progress(total, total)
     if plan.rows == 0 and not plan.errors:
         plan.errors.append(RowError(0, "The file has a header but no rows."))
-    if plan.errors:
-        return plan
-
-    plan.new_companies = list(companies.new.values())
-    plan.new_products = list(new_products.values())
-    for new in plan.new_products:
-        plan.sample(f"New product {new['name']!r}")
-    plan.company_updates = list(companies.updates.values())
-    for change in plan.company_updates:
-        was = change["was"]
-        if "name" in change:
-            plan.sample(f"Company {was.get('name')!r} renamed to {change['name']!r}")
-        if "external_id" in change:
-            plan.sample(f"Company #{change['id']}: external id set to {change['external_id']!r}")
-    for new in plan.new_companies:
-        plan.sample(f"New company {new['name']!r}")
-    _plan_seats(plan, rows)
+    if not plan.errors:
+        rows.describe_changes()
     return plan
+
+
+def _data_rows(reader, names: list[str], plan: ImportPlan) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, {column: stripped value}) of each non-blank row with as many values as the header."""
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            plan.errors.append(RowError(reader.line_num, f"unreadable CSV ({error}); check the quotes"))
+            return
+        line = reader.line_num - (sum(v.count("\n") for v in values))  # a quoted value may span lines
+        if not any(v.strip() for v in values):
+            continue
+        plan.rows += 1
+        if len(values) != len(names):
+            plan.errors.append(RowError(line, f"{len(values)} values but the header has {len(names)} columns "
+                                              "(a value containing a comma needs double quotes)"))
+            continue
+        yield line, {n: v.strip() for n, v in zip(names, values, strict=True) if n}
+
+
+class _RowChecker:
+    """Checks rows one by one and collects the seats, companies and products the file would write."""
+
+    def __init__(self, plan: ImportPlan, tz: ZoneInfo):
+        self.plan, self.tz = plan, tz
+        self.products: dict[str, int | str] = {  # name -> id, or a new product's key
+            name.strip().lower(): pid for pid, name in db.session.execute(select(Product.id, Product.name))}
+        self.new_products: dict[str, dict] = {}
+        self.companies = _Companies()
+        self.rows: dict[tuple, dict] = {}  # (company id or key, product id, email) -> seat values
+        self.first_line: dict[tuple, int] = {}
+        self.line = 0
+
+    def bad(self, column: str | None, reason: str) -> None:
+        self.plan.errors.append(RowError(self.line, reason, column))
+
+    def check(self, line: int, row: dict[str, str]) -> None:
+        self.line = line
+        before = len(self.plan.errors)
+        for column in REQUIRED:
+            if not row.get(column):
+                self.bad(column, f"{column} is empty")
+        for column in ("company", "company_external_id", "product"):
+            if len(row.get(column, "")) > 255:
+                self.bad(column, f"{column} is longer than 255 characters")
+        product_id = self.product(row.get("product", ""))
+        email = self.email(row.get("user_email", ""))
+        start, end = self.period(row)
+        billable = self.billable(row.get("billable", ""))
+        company = self.company(row)
+        if len(self.plan.errors) > before or company is None or product_id is None or email is None:
+            return
+        key = (company, product_id, email)
+        if key in self.rows:
+            self.bad(None, f"duplicate row: the same company, product and user as line {self.first_line[key]}")
+            return
+        self.first_line[key] = line
+        self.rows[key] = {"active_from": start, "active_to": end, "billable": billable, "line": line,
+                          "label": f"{row['company']} / {row['product']} / {email}"}
+
+    def product(self, name: str) -> int | str | None:
+        """The product's id, or a new product's key (None: no usable name)."""
+        product_id = self.products.get(name.lower())
+        if name and product_id is None and len(name) <= 255:
+            product_id = self.products[name.lower()] = f"product:{name.lower()}"
+            self.new_products[product_id] = {"key": product_id, "name": name}
+        return product_id
+
+    def email(self, value: str) -> str | None:
+        if not value:
+            return None
+        try:
+            return parse_email(value)
+        except EmailNotValidError as error:
+            self.bad("user_email", f"bad e-mail {value!r}: {error}")
+            return None
+
+    def period(self, row: dict[str, str]) -> tuple[dt.datetime | None, dt.datetime | None]:
+        parsed: dict[str, dt.datetime | None] = {"active_from": None, "active_to": None}
+        for column in parsed:
+            if row.get(column):
+                try:
+                    parsed[column] = parse_when(row[column], self.tz)
+                except ValueError:
+                    self.bad(column, f"bad date {row[column]!r} in {column}: use YYYY-MM-DD or YYYY-MM-DD HH:MM "
+                                     "(optionally with Z or a UTC offset)")
+        start, end = parsed["active_from"], parsed["active_to"]
+        if start and end and end <= start:
+            self.bad("active_to", f"active_to {row['active_to']} is before active_from {row['active_from']}"
+                     if end < start else "active_to is the same as active_from")
+        return start, end
+
+    def billable(self, value: str) -> bool:
+        try:
+            return parse_billable(value)
+        except ValueError:
+            self.bad("billable", f"bad billable value {value!r}: use true or false")
+            return True
+
+    def company(self, row: dict[str, str]) -> int | str | None:
+        if not row.get("company"):
+            return None
+        company, reason = self.companies.resolve(row["company"], row.get("company_external_id", ""), self.line)
+        if reason:
+            self.bad("company_external_id", reason)
+        return company
+
+    def describe_changes(self) -> None:
+        """Fill the plan with what a valid file would write, and a sample of it in words."""
+        plan = self.plan
+        plan.new_companies = list(self.companies.new.values())
+        plan.new_products = list(self.new_products.values())
+        for new in plan.new_products:
+            plan.sample(f"New product {new['name']!r}")
+        plan.company_updates = list(self.companies.updates.values())
+        for change in plan.company_updates:
+            was = change["was"]
+            if "name" in change:
+                plan.sample(f"Company {was.get('name')!r} renamed to {change['name']!r}")
+            if "external_id" in change:
+                plan.sample(f"Company #{change['id']}: external id set to {change['external_id']!r}")
+        for new in plan.new_companies:
+            plan.sample(f"New company {new['name']!r}")
+        _plan_seats(plan, self.rows)
 
 
 def _plan_seats(plan: ImportPlan, rows: dict[tuple, dict]) -> None:

@@ -20,8 +20,9 @@ PSAS = {
     "connectwise": ("ConnectWise Manage", "ConnectWise Manage Site", "Private Key"),
     "autotask": ("Autotask PSA", None, "Password"),
     "kaseya_bms": ("Kaseya BMS", "Hostname", "Password"),
+    "halopsa": ("HaloPSA", "Instance URL", "Client Secret"),
 }
-HOST_FIELDS = {"connectwise": "site", "kaseya_bms": "hostname"}
+HOST_FIELDS = {"connectwise": "site", "kaseya_bms": "hostname", "halopsa": "instance"}
 PRODUCTS = ["Password Manager Business", "Endpoint Backup"]
 COMPANIES = ["Acme Dental", "Bluebird Logistics", "Cedar Law Group"]
 SYNC_TIMEOUT = 30_000
@@ -38,6 +39,10 @@ def sim_quantities(kind: str, data: dict, agreement_id: str) -> dict[str, float]
     if kind == "connectwise":
         return {str(a["product"]["id"]): a["quantity"] for a in data["additions"].values()
                 if str(a["agreementId"]) == agreement_id and not a.get("cancelledDate")}
+    if kind == "halopsa":
+        lines = data["invoices"].get(agreement_id, {}).get("lines", [])
+        return {str(line["_itemid"]): sum(o["qty_order"] for o in lines if o["_itemid"] == line["_itemid"])
+                for line in lines}
     if kind == "autotask":
         return {str(cs["serviceID"]): sum(change for _day, change in data["unit_events"].get(str(cs["id"]), []))
                 for cs in data["contract_services"].values() if str(cs["contractID"]) == agreement_id}
@@ -55,7 +60,8 @@ def fill_credentials(page, kind, psa_sim, secret):
     for field in client_class(kind).credential_fields:
         if field.name in values:
             value = secret if field.label == secret_label else values[field.name]
-            page.get_by_label(field.label, exact=True).fill(value)
+            # An optional field's label ends in "(optional)".
+            page.get_by_label(re.compile(rf"^{re.escape(field.label)}( \(optional\))?$")).fill(value)
 
 
 def status_cell(page, company: str):
@@ -80,7 +86,8 @@ def test_billing_admin_connects_maps_and_syncs_and_sees_statuses_change_in_place
     expect(alert).to_contain_text("What to do")
     screenshot(page, f"credentials-rejected-{kind}")
     fill_credentials(page, kind, psa_sim, SIM_CREDENTIALS[kind][{"connectwise": "private_key", "autotask": "secret",
-                                                                 "kaseya_bms": "password"}[kind]])
+                                                                 "kaseya_bms": "password",
+                                                                 "halopsa": "client_secret"}[kind]])
     page.get_by_role("button", name="Authenticate").click()
     expect(page.locator("#credentials .banner-success")).to_contain_text("Authenticated")
     expect(page.locator("#credentials").get_by_text("saved", exact=True).first).to_be_visible()

@@ -65,7 +65,7 @@ def assert_before_after(values: dict[str, str], *, before: str, after: str, read
         assert values["Read back"] == ("verified" if readable else "not verifiable"), values
 
 
-@pytest.mark.parametrize("kind", ["connectwise", "autotask", "kaseya_bms"])
+@pytest.mark.parametrize("kind", ["connectwise", "autotask", "kaseya_bms", "halopsa"])
 def test_billing_admin_reviews_a_sync_and_the_psa_holds_exactly_the_approved_changes(
         kind, psa_sim, rq_workers, live_server_with_workers, page):
     server = live_server_with_workers

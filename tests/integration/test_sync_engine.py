@@ -10,6 +10,7 @@ from tests.fixtures.workers import (
     adjustments_per_line,
     bms_units,
     build_world,
+    companies_of,
     psa_writes,
     wait_for_run,
     wait_until_in_flight,
@@ -33,7 +34,7 @@ def expected():
     return {k: [float(v)] for k, v in SEATS.items()}
 
 
-@pytest.mark.parametrize("kind", ["connectwise", "autotask"])
+@pytest.mark.parametrize("kind", ["connectwise", "autotask", "halopsa"])
 def test_a_full_sync_leaves_exactly_the_target_quantities_and_a_second_sync_writes_nothing(kind, psa_sim, rq_workers):
     world = build_world(kind, psa_sim, SEATS)
     rq_workers.start(2)
@@ -155,7 +156,7 @@ def test_a_401_marks_the_credentials_failing_and_stops_the_run(psa_sim, rq_worke
         world.start()
 
 
-@pytest.mark.parametrize("kind", ["connectwise", "autotask"])
+@pytest.mark.parametrize("kind", ["connectwise", "autotask", "halopsa"])
 def test_error_storms_end_with_the_right_quantities(kind, psa_sim, rq_workers):
     world = build_world(kind, psa_sim, SEATS)
     rules = [
@@ -163,6 +164,8 @@ def test_error_storms_end_with_the_right_quantities(kind, psa_sim, rq_workers):
         {"psa": kind, "method": "GET", "status": 502, "times": 2},
         {"psa": kind, "method": "PATCH", "status": 503, "times": 2},
     ]
+    if kind == "halopsa":
+        rules[2] = {"psa": kind, "path_contains": "updatelines", "status": 503, "times": 2}
     if kind == "autotask":
         rules = [
             {"psa": kind, "status": 429, "retry_after": 0.2, "times": 3},
@@ -179,29 +182,37 @@ def test_error_storms_end_with_the_right_quantities(kind, psa_sim, rq_workers):
         assert all(len(v) == 1 for v in adjustments_per_line(psa_sim).values())
 
 
+def killed_mid_write_then_taken_over(world, psa_sim, rq_workers, path_word: str, start=None):
+    """One run (`start()`, default a Sync now) whose only worker is SIGKILLed while a write to `path_word` is
+    in flight (the simulator holds it for its latency, then applies it); a new worker takes the companies
+    over. Returns the run."""
+    import time
+
+    psa_sim.faults(latency_ms=400)  # the sim applies a request after its latency, even if the caller died
+    run = (start or world.start)()
+    (victim,) = rq_workers.start(1, SEATSYNC_SYNC_BATCH="2")
+    wait_until_in_flight(psa_sim, path_word)
+    rq_workers.kill(victim)
+    time.sleep(0.6)
+    psa_sim.faults(latency_ms=0)
+    db.session.rollback()
+    assert db.session.get(type(run), run.id).state == "running"
+    # Its sweeper takes the dead job's companies over once their lease expires (a sweep from the test
+    # raced with it, and found nothing left to take when the worker's own sweep came first).
+    rq_workers.start(1)
+    return wait_for_run(run.id)
+
+
 def test_a_worker_killed_mid_autotask_run_leaves_work_the_next_worker_finishes_without_double_counting(
         psa_sim, rq_workers):
-    import time
 
     from webapp.models import PushIntent
 
     # Lines that exist already (7, 9 and 11 units), so the first write is a bare delta.
     seats = {("Cedar Law Group", PM): 3, ("Evergreen Clinic", PM): 2, ("Granite Accounting", PM): 12}
     world = build_world("autotask", psa_sim, seats, companies=[name for name, _ in seats])
-    psa_sim.faults(latency_ms=400)  # the sim applies a request after its latency, even if the caller died
-    run = world.start()
-    (victim,) = rq_workers.start(1, SEATSYNC_SYNC_BATCH="2")
-    wait_until_in_flight(psa_sim, "adjustment")  # the sim holds it for its latency, then applies it
-    rq_workers.kill(victim)  # a delta is in flight: the PSA applies it, SeatSync never hears back
-    time.sleep(0.6)
-    psa_sim.faults(latency_ms=0)
-    db.session.rollback()
-    assert db.session.get(type(run), run.id).state == "running"
-
-    # Its sweeper takes the dead job's companies over once their lease expires (a sweep from the test
-    # raced with it, and found nothing left to take when the worker's own sweep came first).
-    rq_workers.start(1)
-    finished = wait_for_run(run.id)
+    # A delta is in flight when the worker dies: the PSA applies it, SeatSync never hears back.
+    finished = killed_mid_write_then_taken_over(world, psa_sim, rq_workers, "adjustment")
     assert finished.state == "finished" and finished.errors == 0, rq_workers.output()[-3000:]
     assert finished.done == finished.total == len(world.mappings)
     assert world.quantities() == {k: [float(v)] for k, v in seats.items()}
@@ -212,6 +223,75 @@ def test_a_worker_killed_mid_autotask_run_leaves_work_the_next_worker_finishes_w
     # each reached Autotask once and is reported as completed, none twice.
     assert 1 <= len(completed) <= 2 and {r.action for r in completed} == {"updated"}
     assert len({(r.company_mapping_id, r.psa_product_id) for r in completed}) == len(completed)
+
+
+@pytest.mark.parametrize("trigger", ["row", "schedule"])
+def test_a_worker_killed_during_a_row_sync_or_a_scheduled_run_leaves_work_the_next_worker_finishes_once(
+        trigger, psa_sim, rq_workers):
+    import datetime as dt
+
+    from webapp.jobs import cron_tick
+    from webapp.models import SyncRun
+    from webapp.models._types import utcnow
+
+    seats = {("Cedar Law Group", PM): 3, ("Evergreen Clinic", PM): 2, ("Granite Accounting", PM): 12}
+    world = build_world("autotask", psa_sim, seats, companies=[name for name, _ in seats])
+    held = world.quantities()
+    if trigger == "row":
+        pushed = {("Granite Accounting", PM): 12}
+
+        def start():
+            return world.start(trigger="row", company_mapping=world.mappings["Granite Accounting"])
+    else:  # the clock's own tick, one minute after the daily slot (the organisation's zone is UTC)
+        pushed = seats
+        world.integration.schedule_kind = "daily"
+        world.integration.schedule_time = (utcnow() - dt.timedelta(minutes=1)).time().replace(second=0,
+                                                                                               microsecond=0)
+        db.session.commit()
+
+        def start():
+            cron_tick()
+            return db.session.scalars(db.select(SyncRun).filter_by(trigger="schedule")).one()
+    finished = killed_mid_write_then_taken_over(world, psa_sim, rq_workers, "adjustment", start=start)
+    assert finished.trigger == trigger
+    assert finished.state == "finished" and finished.errors == 0, rq_workers.output()[-3000:]
+    assert finished.done == finished.total == len(pushed)
+    assert world.quantities() == {**held, **{k: [float(v)] for k, v in pushed.items()}}
+    assert all(len(v) == 1 for v in adjustments_per_line(psa_sim).values()), adjustments_per_line(psa_sim)
+
+
+def test_a_worker_killed_mid_halopsa_write_leaves_work_the_next_worker_finishes_without_duplicate_lines(
+        psa_sim, rq_workers):
+
+    from webapp.models import PushIntent
+
+    # One existing line to change and one missing line to add per company: the addition is the write
+    # that must never happen twice.
+    seats = {("Cedar Law Group", PM): 3, ("Cedar Law Group", EB): 4, ("Evergreen Clinic", PM): 2,
+             ("Evergreen Clinic", EB): 5}
+    world = build_world("halopsa", psa_sim, seats, companies=companies_of(seats), create_missing_lines=True)
+    finished = killed_mid_write_then_taken_over(world, psa_sim, rq_workers, "updatelines")
+    assert finished.state == "finished" and finished.errors == 0, rq_workers.output()[-3000:]
+    assert finished.done == finished.total == len(world.mappings)
+    assert world.quantities() == {k: [float(v)] for k, v in seats.items()}  # one line each: no duplicate
+    assert not db.session.scalar(db.select(db.func.count(PushIntent.id)).filter_by(state="pending"))
+
+
+def test_a_halopsa_line_whose_quantity_halo_computes_is_reported_and_left_as_it_is(psa_sim, rq_workers):
+    world = build_world("halopsa", psa_sim, SEATS)
+    cedar = world.mappings["Cedar Law Group"].agreement_id
+    with psa_sim.state.lock:
+        (raw,) = psa_sim.state.data["halopsa"]["invoices"][cedar]["lines"]
+        raw["recurring_invoice_quantity_type"] = 1  # Halo counts the users itself
+    rq_workers.start(1)
+    run = wait_for_run(world.start().id)
+    assert run.state == "finished" and run.errors == 0, rq_workers.output()[-3000:]
+    (result,) = db.session.scalars(db.select(LineResult).filter_by(
+        run_id=run.id, company_mapping_id=world.mappings["Cedar Law Group"].id, psa_product_id=world.psa_products[PM]))
+    assert (result.action, result.message) == ("needs_attention", "needs attention: quantity managed by HaloPSA")
+    assert "fixed quantity" in result.hint
+    assert world.quantities()[("Cedar Law Group", PM)] == [7.0]  # untouched
+    assert not [w for w in psa_writes(psa_sim, "halopsa") if f'"ihid": {cedar}' in w["body"]]
 
 
 STORM_SEATS = {**SEATS, ("Evergreen Clinic", PM): 6, ("Granite Accounting", EB): 3, ("Bluebird Logistics", EB): 2}
@@ -229,7 +309,7 @@ def storm_rules(kind: str) -> list[dict]:
     return rules
 
 
-@pytest.mark.parametrize("kind", ["connectwise", "autotask", "kaseya_bms"])
+@pytest.mark.parametrize("kind", ["connectwise", "autotask", "kaseya_bms", "halopsa"])
 def test_one_sync_now_in_a_fault_storm_ends_with_every_line_right_and_no_company_in_error(kind, psa_sim, rq_workers):
     world = build_world(kind, psa_sim, STORM_SEATS)
     psa_sim.faults(rules=storm_rules(kind), seed=7)

@@ -6,8 +6,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
 from sqlalchemy import text
 
+from tests.fixtures.app import PASSWORD, CsrfClient
 from tests.fixtures.workers import (
     EB,
     PM,
@@ -20,6 +23,7 @@ from tests.fixtures.workers import (
     wait_for_run,
     wait_until_in_flight,
 )
+from webapp.cli import create_user
 from webapp.extensions import db
 from webapp.models import Company, CompanyMapping, LineResult, Product, PushIntent, SyncRun
 from webapp.sync import BUSY, LineAction, RunState, Verification, review_changes
@@ -201,7 +205,7 @@ def line_results_fail_once(sync_app):
 
 
 def test_a_database_error_while_recording_a_write_still_ends_the_run_with_the_write_recorded_once(
-        psa_sim, rq_workers, line_results_fail_once):
+        psa_sim, rq_workers, line_results_fail_once, sync_app):
     seats = {("Bluebird Logistics", PM): 4, ("Cedar Law Group", PM): 3, ("Evergreen Clinic", PM): 2}
     world = build_world("autotask", psa_sim, seats, companies=companies_of(seats))
     rq_workers.start(1)
@@ -221,6 +225,27 @@ def test_a_database_error_while_recording_a_write_still_ends_the_run_with_the_wr
     assert any(r.message.startswith("completed") for rows in lines.values() for r in rows)
     assert_run_settled(run, companies=3)
     assert_no_pending_intent()
+
+    # The crashed job stays in the Queue view's failed list; "Retry" there runs it again, and it must
+    # push nothing: its companies were handed on and finished.
+    writes = len(psa_writes(psa_sim, "autotask"))
+    (failed,) = FailedJobRegistry(queue=sync_app.extensions["queue"]).get_job_ids()
+    sync_app.test_client_class = CsrfClient
+    client = sync_app.test_client()
+    create_user("ops@msp.example", "admin", PASSWORD)
+    db.session.commit()
+    assert client.post("/login", data={"email": "ops@msp.example", "password": PASSWORD}).status_code == 302
+    assert client.post(f"/system/queue/failed/{failed}/retry").status_code == 302
+    job = Job.fetch(failed, connection=sync_app.extensions["redis"])
+    deadline = time.monotonic() + 30
+    while job.get_status(refresh=True) != JobStatus.FINISHED:
+        assert time.monotonic() < deadline, (job.get_status(), rq_workers.output()[-3000:])
+        time.sleep(0.1)
+    assert len(psa_writes(psa_sim, "autotask")) == writes
+    assert world.quantities() == {k: [float(v)] for k, v in seats.items()}
+    db.session.refresh(run)
+    assert run.state == RunState.FINISHED and len(run_lines(run.id)) == len(lines)
+    assert_run_settled(run, companies=3)
 
 
 def test_a_401_in_the_middle_of_a_busy_multi_batch_run_stops_it_without_a_deadlock(psa_sim, rq_workers):

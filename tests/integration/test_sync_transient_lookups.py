@@ -1,5 +1,5 @@
-"""Issue 16: a transient failure of a PSA's sign-in lookup (Autotask zone lookup, Kaseya BMS token, ConnectWise
-companyinfo) never stops a run or marks the credentials failing — one Sync now still ends right.
+"""Issue 16: a transient failure of a PSA's sign-in lookup (Autotask zone lookup, Kaseya BMS and HaloPSA tokens,
+ConnectWise companyinfo) never stops a run or marks the credentials failing — one Sync now still ends right.
 
 Real worker processes, Redis, the database and the simulator. The lookups are cached in Redis once a client
 has made them, so each test drops the cached answers (and the last-known copies) where the lookup should
@@ -25,6 +25,7 @@ LOOKUP = {  # the sign-in lookup of each PSA, and the Redis keys that cache its 
     "autotask": ("zoneInformation", "seatsync:autotask-zone:*"),
     "kaseya_bms": ("/v2/security/authenticate", "seatsync:kaseya_bms:token:*"),
     "connectwise": ("/login/companyinfo/", "seatsync:cw-codebase:*"),
+    "halopsa": ("/auth/token", "seatsync:halopsa:token:*"),
 }
 FAULTS = {
     "500": {"status": 500, "kind": "empty"},
@@ -63,7 +64,7 @@ def quantities(world, sim, kind: str) -> dict:
 
 
 @pytest.mark.parametrize("fault", ["500", "timeout"])
-@pytest.mark.parametrize("kind", ["autotask", "kaseya_bms", "connectwise"])
+@pytest.mark.parametrize("kind", ["autotask", "kaseya_bms", "connectwise", "halopsa"])
 def test_one_failed_lookup_at_the_start_of_a_run_is_retried_and_the_run_ends_right(kind, fault, psa_sim, rq_workers,
                                                                                      sync_redis):
     world = build_world(kind, psa_sim, SEATS)
@@ -76,7 +77,7 @@ def test_one_failed_lookup_at_the_start_of_a_run_is_retried_and_the_run_ends_rig
     assert quantities(world, psa_sim, kind) == {k: [float(v)] for k, v in SEATS.items()}
 
 
-@pytest.mark.parametrize("kind", ["autotask", "kaseya_bms", "connectwise"])
+@pytest.mark.parametrize("kind", ["autotask", "kaseya_bms", "connectwise", "halopsa"])
 def test_one_failed_lookup_in_the_middle_of_a_run_is_retried_and_the_run_ends_right(kind, psa_sim, rq_workers,
                                                                                       sync_redis):
     world = build_world(kind, psa_sim, SEATS)
@@ -96,7 +97,7 @@ def test_one_failed_lookup_in_the_middle_of_a_run_is_retried_and_the_run_ends_ri
     assert quantities(world, psa_sim, kind) == {k: [float(v)] for k, v in SEATS.items()}
 
 
-@pytest.mark.parametrize("kind", ["autotask", "kaseya_bms", "connectwise"])
+@pytest.mark.parametrize("kind", ["autotask", "kaseya_bms", "connectwise", "halopsa"])
 def test_a_real_refusal_at_the_lookup_still_marks_the_credentials_failing(kind, psa_sim, rq_workers, sync_redis):
     from psa_sim.seed import SIM_CREDENTIALS
     from tests.fixtures.integrations import HOST_FIELD
@@ -104,7 +105,7 @@ def test_a_real_refusal_at_the_lookup_still_marks_the_credentials_failing(kind, 
 
     world = build_world(kind, psa_sim, SEATS)
     wrong = {"autotask": {"username": "nobody@seatsync.test"}, "kaseya_bms": {"password": "wrong"},
-             "connectwise": {"company_id": "nosuchcompany"}}[kind]
+             "connectwise": {"company_id": "nosuchcompany"}, "halopsa": {"client_secret": "wrong"}}[kind]
     values = {**SIM_CREDENTIALS[kind], **wrong}
     if HOST_FIELD[kind]:
         values[HOST_FIELD[kind]] = psa_sim.host

@@ -21,7 +21,7 @@ from webapp.models import (
     SyncRun,
 )
 
-SECRET_LABEL = {"connectwise": "Private Key", "kaseya_bms": "Password"}
+SECRET_LABEL = {"connectwise": "Private Key", "kaseya_bms": "Password", "halopsa": "Client Secret"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ def test_an_empty_secret_field_keeps_the_saved_secret(psa_app, psa_sim, client, 
     assert db.session.scalars(db.select(AuditEvent).filter_by(kind="integration.credentials")).all().__len__() == 1
 
 
-@pytest.mark.parametrize("kind", ["connectwise", "kaseya_bms"])
+@pytest.mark.parametrize("kind", ["connectwise", "kaseya_bms", "halopsa"])
 def test_a_new_host_without_its_secrets_is_refused_and_the_saved_secrets_go_nowhere(kind, psa_app, psa_sim, client,
                                                                                      login_as):
     login_as("admin")
@@ -93,7 +93,7 @@ def test_a_new_host_without_its_secrets_is_refused_and_the_saved_secrets_go_nowh
     assert "banner-success" in client.post(f"/integrations/{kind}/credentials", data=form, headers=HX).text
     saved = get_integration(kind).credentials_encrypted
     psa_sim.clear_log()
-    secrets = {field: "" for field in ("private_key", "client_id", "password")}
+    secrets = {field: "" for field in ("private_key", "client_id", "password", "client_secret")}
     moved = client.post(f"/integrations/{kind}/credentials", data=form | {HOST_FIELD[kind]: other_host} | secrets,
                         headers=HX)
     assert "changed from" in moved.text and f"enter the {SECRET_LABEL[kind]} again" in moved.text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from webapp.psa_clients.base import Line
+from webapp.psa_clients.base import ComputedLine, Line
 from webapp.sync.plan import (
     ProductTarget,
     billed_month_start,
@@ -35,6 +35,14 @@ def test_a_missing_line_is_created_only_when_the_option_is_on_and_the_target_is_
     off = plan_agreement(targets, [], create_missing_lines=False)
     assert kinds(off) == [("p1", "attention"), ("p2", "none")]
     assert "create missing lines" in off[0].message
+
+
+def test_a_line_whose_quantity_the_psa_computes_needs_attention_and_is_never_written():
+    computed = ComputedLine("A1", "p1", "1", 12, reason="quantity managed by HaloPSA", hint="Set it to fixed.")
+    (change,) = plan_agreement([ProductTarget("p1", 5)], [computed], create_missing_lines=True)
+    assert (change.kind, change.writes, change.before) == ("attention", False, 12)
+    assert change.message == "needs attention: quantity managed by HaloPSA"
+    assert change.extra["hint"] == "Set it to fixed."
 
 
 def test_duplicate_lines_need_attention_and_nothing_is_written():

@@ -17,10 +17,10 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(settings.bp)
     app.register_blueprint(notifications.bp)
     app.register_blueprint(system.bp)
-    from . import autotask, connectwise, integrations, kaseya_bms
+    from . import autotask, connectwise, halopsa, integrations, kaseya_bms
 
     app.register_blueprint(integrations.bp)
-    for psa in (connectwise, autotask, kaseya_bms):
+    for psa in (connectwise, autotask, kaseya_bms, halopsa):
         app.register_blueprint(psa.bp)
     from . import api, seats
 

@@ -18,6 +18,7 @@ from sqlalchemy import event
 from ..extensions import db, htmx
 from ..inputs import page_number
 from ..models import AuditEvent
+from ..models._types import utcnow
 from ..timezones import org_zone
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
@@ -158,6 +159,6 @@ def export():
         if buffer.getvalue():
             yield buffer.getvalue()
 
-    today = dt.datetime.now(zone).date().isoformat()
+    today = utcnow().astimezone(zone).date().isoformat()
     return Response(stream_with_context(generate()), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="seatsync-audit-{today}.csv"'})

@@ -1,7 +1,7 @@
-"""The integration screens, shared by the three PSAs.
+"""The integration screens, shared by the four PSAs.
 
 `integrations.index` shows a tile per PSA. Each PSA has a thin blueprint of its own (connectwise.py,
-autotask.py, kaseya_bms.py) built by `psa_blueprint(kind, words)`: the same views, bound to one
+autotask.py, kaseya_bms.py, halopsa.py) built by `psa_blueprint(kind, words)`: the same views, bound to one
 integration, speaking that PSA's words (agreement vs contract, product vs service). Credential
 fields come from the client class, so nothing here branches on the PSA kind.
 

@@ -26,7 +26,7 @@ class Integration(db.Model):
     __tablename__ = "integrations"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String(20), unique=True)  # connectwise | autotask | kaseya_bms
+    kind: Mapped[str] = mapped_column(String(20), unique=True)  # connectwise | autotask | kaseya_bms | halopsa
     enabled: Mapped[bool] = mapped_column(default=False)
     # Fernet token of the JSON credentials (webapp/crypto.py); never rendered, never logged.
     credentials_encrypted: Mapped[str | None] = mapped_column(Text)

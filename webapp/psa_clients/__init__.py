@@ -7,6 +7,7 @@ from typing import Any
 
 from .base import (  # noqa: F401  (re-exported: the interface the app uses)
     Agreement,
+    ComputedLine,
     CredentialsRejected,
     HostRefused,
     Line,
@@ -22,7 +23,7 @@ from .base import (  # noqa: F401  (re-exported: the interface the app uses)
     WriteResult,
 )
 
-PSA_KINDS = ("connectwise", "autotask", "kaseya_bms")
+PSA_KINDS = ("connectwise", "autotask", "kaseya_bms", "halopsa")
 
 
 def client_class(kind: str) -> type[PsaClient]:
@@ -32,6 +33,8 @@ def client_class(kind: str) -> type[PsaClient]:
         from .autotask import AutotaskClient as cls
     elif kind == "kaseya_bms":
         from .kaseya_bms import KaseyaBmsClient as cls
+    elif kind == "halopsa":
+        from .halopsa import HaloPsaClient as cls
     else:
         raise ValueError(f"unknown PSA kind {kind!r}")
     return cls
@@ -52,4 +55,8 @@ def make_client(
     limits, for unit tests). `config` holds app settings a client may need (CW_CLIENT_ID,
     AUTOTASK_ZONE_URL).
     """
-    return client_class(kind)(dict(credentials), redis=redis, dev_hosts=dev_hosts, config=dict(config or {}))
+    from .http import request_tally
+
+    client = client_class(kind)(dict(credentials), redis=redis, dev_hosts=dev_hosts, config=dict(config or {}))
+    client.http.tally = request_tally(redis, kind)  # every answer counted for /metrics
+    return client

@@ -46,7 +46,7 @@ from .base import (
     WriteOptions,
     WriteResult,
 )
-from .http import DEFAULT_TIMEOUT, PsaHttp, RetryPolicy, base_url_for, limiter_for, request_tally
+from .http import DEFAULT_TIMEOUT, PsaHttp, RetryPolicy, base_url_for, limiter_for
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,6 @@ class AutotaskClient(PsaClient):
             sleep=self._sleep,
         )
         self.http.scrub.add(self._secret, self._integration_code)
-        self.http.tally = request_tally(redis, self.kind)
 
     def __repr__(self) -> str:  # the secret and the tracking identifier stay out of reprs
         return f"AutotaskClient(username={self._username!r}, base={self._base!r})"

@@ -28,7 +28,8 @@ class PsaItem:
 
 @dataclass(frozen=True)
 class Agreement:
-    """A ConnectWise agreement / Autotask Recurring Service contract / Kaseya BMS contract."""
+    """A ConnectWise agreement / Autotask Recurring Service contract / Kaseya BMS contract / HaloPSA recurring
+    invoice."""
 
     id: str
     name: str
@@ -52,6 +53,20 @@ class Line:
     line_id: str
     quantity: float | None
     description: str = ""
+    unit_price: float | None = None
+    unit_cost: float | None = None
+    currency: str = ""
+
+
+@dataclass(frozen=True)
+class ComputedLine(Line):
+    """A line whose quantity the PSA computes itself (HaloPSA: from users, licences or assets).
+
+    SeatSync never writes it: a sync reports it as needing attention with `reason` and `hint`.
+    """
+
+    reason: str = ""
+    hint: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,14 @@ class HostRefused(PsaError):
     default_hint = "Enter the PSA's public host name, e.g. na.myconnectwise.net."
 
 
+def int_ids(values: Iterable[Any], what: str, psa: str) -> list[int]:
+    """PSA record ids as the integers the API wants; a clear ValidationFailed for anything else."""
+    try:
+        return [int(str(v).strip()) for v in values]
+    except ValueError:
+        raise ValidationFailed(f"A {psa} {what} id must be a number.") from None
+
+
 @dataclass(frozen=True)
 class CredentialField:
     """One field of a PSA's credential form, with the label the seeds use."""
@@ -152,23 +175,40 @@ class CredentialField:
 class PsaClient(abc.ABC):
     """One connection to one PSA tenant. Construct through `webapp.psa_clients.make_client`."""
 
-    kind: ClassVar[str]  # "connectwise" | "autotask" | "kaseya_bms"
+    kind: ClassVar[str]  # "connectwise" | "autotask" | "kaseya_bms" | "halopsa"
     display_name: ClassVar[str]
     # PSA limits enforced across all workers (see http.py): requests per hour, concurrent requests
     # per endpoint. None = no documented limit.
     hourly_limit: ClassVar[int | None] = None
     concurrency_per_endpoint: ClassVar[int | None] = None
     hourly_per_endpoint: ClassVar[bool] = False  # True: the hourly budget counts per endpoint, not per tenant
+    minute_limit: ClassVar[int | None] = None  # requests per minute per tenant (HaloPSA)
     quantity_readable: ClassVar[bool] = True  # False: read_lines returns lines with quantity None
     credential_fields: ClassVar[tuple[CredentialField, ...]]
+    host_hint: ClassVar[str] = ""  # set: normalize_credentials cleans the host field (see there)
 
     @classmethod
-    def normalize_credentials(cls, values: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    def normalize_credentials(cls, values: dict[str, str], *, dev_hosts: frozenset[str] = frozenset()
+                              ) -> tuple[dict[str, str], list[str]]:
         """Clean what an admin typed. Returns (values, notices shown to the admin).
 
-        Raises ValidationFailed with a clear message for input that cannot be used (e.g. http://).
+        Values are trimmed. With a `host_hint`, secrets are kept exactly as typed (a secret may end in a
+        space) and the host field is reduced to the host (http.normalize_host). Raises ValidationFailed
+        with a clear message for input that cannot be used (e.g. http://).
         """
-        return {k: (v or "").strip() for k, v in values.items()}, []
+        cleaned = {k: (v or "").strip() for k, v in values.items()}
+        notices: list[str] = []
+        for form_field in cls.credential_fields if cls.host_hint else ():
+            name = form_field.name
+            if form_field.secret and values.get(name) is not None:
+                cleaned[name] = values[name]
+            elif form_field.host and cleaned.get(name):
+                from .http import normalize_host  # http builds on this module
+
+                cleaned[name], notice = normalize_host(cleaned[name], psa=cls.display_name, field=form_field.label,
+                                                       hint=cls.host_hint, dev_hosts=frozenset(dev_hosts))
+                notices += [notice] if notice else []
+        return cleaned, notices
 
     @abc.abstractmethod
     def check_credentials(self) -> str:
@@ -255,5 +295,27 @@ class PsaClient(abc.ABC):
                 results.append(error)
         return results
 
-    def close(self) -> None:  # noqa: B027 - optional hook, most clients share one session
-        """Release pooled connections."""
+    def close(self) -> None:
+        """Release pooled connections (of the client's PsaHttp, if it has one)."""
+        http = getattr(self, "http", None)
+        if http is not None:
+            http.close()
+
+
+class BatchWritingClient(PsaClient):
+    """A client whose API writes many lines of one agreement in one request (Kaseya BMS, HaloPSA).
+
+    It implements set_quantities; set_quantity is a batch of one.
+    """
+
+    def set_quantity(self, agreement_id: str, product_id: str, target: int, *, current: Line | None,
+                     options: WriteOptions) -> WriteResult:
+        (result,) = self.set_quantities(agreement_id, [QuantityChange(product_id, target, current)], options=options)
+        if isinstance(result, PsaError):
+            raise result
+        return result
+
+    @abc.abstractmethod
+    def set_quantities(self, agreement_id: str, changes: Sequence[QuantityChange], *,
+                       options: WriteOptions) -> list[WriteResult | PsaError]:
+        """See PsaClient.set_quantities: every line in as few requests as the API allows."""

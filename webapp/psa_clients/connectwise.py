@@ -37,7 +37,7 @@ from .base import (
     WriteOptions,
     WriteResult,
 )
-from .http import DEFAULT_TIMEOUT, PsaHttp, base_url_for, limiter_for, request_tally
+from .http import DEFAULT_TIMEOUT, PsaHttp, base_url_for, limiter_for
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,6 @@ class ConnectWiseClient(PsaClient):
                             timeout=config.get("HTTP_TIMEOUT") or DEFAULT_TIMEOUT, sleep=sleep)
         # The whole Basic credential too: an echoed Authorization header is its base64.
         self.http.scrub.add(private_key, client_id, f"{self.company_id}+{public_key}:{private_key}")
-        self.http.tally = request_tally(redis, self.kind)
         self._redis = redis
         self._root: str | None = None
         self._codebase: str | None = None

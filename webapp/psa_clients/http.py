@@ -35,13 +35,13 @@ from urllib.parse import urlsplit
 
 import requests
 import tenacity
-from limits import RateLimitItemPerHour
+from limits import RateLimitItemPerHour, RateLimitItemPerMinute
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 from redis.exceptions import RedisError
 from urllib3 import PoolManager
 
-from .base import HostRefused, RateLimited, TransientError
+from .base import HostRefused, RateLimited, TransientError, ValidationFailed
 from .scrub import Scrubber
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,38 @@ def _host_name(host: str) -> str:
     if not name or any(c in name for c in "/@?#\\ "):
         raise HostRefused(f"“{host}” is not a host name.")
     return name
+
+
+def normalize_host(raw: str, *, psa: str, field: str, hint: str,
+                   dev_hosts: frozenset[str] = frozenset()) -> tuple[str, str | None]:
+    """The bare host an admin meant in a credential form's host field, and a notice when it was trimmed.
+
+    `https://acme.example.com/path` becomes `acme.example.com`; `http://` is refused unless the host
+    is a development host (the simulator). Raises ValidationFailed, in the PSA's words, for the rest.
+    """
+    value = (raw or "").strip()
+    if not value:
+        return "", None
+    lowered = value.lower()
+    scheme = ""
+    if "://" in lowered:
+        parts = urlsplit(lowered)
+        scheme, host = parts.scheme, parts.netloc
+    else:
+        host = lowered.split("/", 1)[0].split("?", 1)[0]
+    if "@" in host:
+        raise ValidationFailed(f"The {field} must not contain a user name or password.", hint=hint)
+    host = host.rstrip(".")
+    if scheme == "http" and host not in dev_hosts:
+        raise ValidationFailed(f"{psa} is only reached over HTTPS: an “http://” address is refused.", hint=hint)
+    if scheme not in ("", "http", "https"):
+        raise ValidationFailed(f"“{scheme}://” is not a web address SeatSync can use.", hint=hint)
+    if not host or any(c in host for c in " \\#"):
+        raise ValidationFailed(f"“{value}” is not a host name.", hint=hint)
+    notice = None
+    if host != lowered.rstrip("/"):
+        notice = f"The {field} was shortened to “{host}”: SeatSync only needs the host."
+    return host, notice
 
 
 def check_public_host(host: str, port: int = 443) -> list[str]:
@@ -235,6 +267,7 @@ def limiter_for(psa, redis, *, tenant_key: str, host: str, dev_hosts: frozenset[
         redis,
         tenant_key=tenant_key,
         hourly_limit=hourly_limit_for(psa.hourly_limit, host, dev_hosts, config),
+        minute_limit=hourly_limit_for(psa.minute_limit, host, dev_hosts, config),
         concurrency=psa.concurrency_per_endpoint,
         hourly_per_endpoint=psa.hourly_per_endpoint,
         sleep=sleep,
@@ -242,7 +275,7 @@ def limiter_for(psa, redis, *, tenant_key: str, host: str, dev_hosts: frozenset[
 
 
 class RequestLimiter:
-    """Hourly budget per tenant and concurrent requests per endpoint, shared through Redis.
+    """Hourly (and per-minute) budget per tenant and concurrent requests per endpoint, shared through Redis.
 
     A concurrency slot is a short lease (LEASE_SECONDS) that this process's heartbeat renews while
     the request runs (see _HeldSlots), so a request of any length keeps its slot, while the slots of
@@ -262,16 +295,19 @@ class RequestLimiter:
         hourly_limit: int | None,
         concurrency: int | None,
         hourly_per_endpoint: bool = False,
+        minute_limit: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.redis = redis
         self.tenant_key = tenant_key
         self.hourly = RateLimitItemPerHour(hourly_limit) if hourly_limit else None
+        self.per_minute = RateLimitItemPerMinute(minute_limit) if minute_limit else None  # HaloPSA
+        self.budgets = [item for item in (self.hourly, self.per_minute) if item is not None]
         self.concurrency = concurrency
         self.hourly_per_endpoint = hourly_per_endpoint  # Kaseya BMS counts its budget per endpoint
         self.sleep = sleep
         self._window = None
-        if self.hourly is not None:
+        if self.budgets:
             storage = RedisStorage("redis://", connection_pool=redis.connection_pool, key_prefix="seatsync:psa-limit")
             self._window = MovingWindowRateLimiter(storage)
         self._acquire = redis.register_script(_ACQUIRE_SLOT) if concurrency else None
@@ -284,11 +320,12 @@ class RequestLimiter:
 
     def _wait_for_budget(self, endpoint: str) -> None:
         key = self.budget_key(endpoint)
-        while not self._window.hit(self.hourly, key):
-            reset_at, _remaining = self._window.get_window_stats(self.hourly, key)
-            delay = max(0.5, min(60.0, reset_at - time.time()))
-            log.info("PSA hourly budget used up for %s; waiting %.1fs", key, delay)
-            self.sleep(delay)
+        for budget in self.budgets:
+            while not self._window.hit(budget, key):
+                reset_at, _remaining = self._window.get_window_stats(budget, key)
+                delay = max(0.5, min(60.0, reset_at - time.time()))
+                log.info("PSA budget of %s used up for %s; waiting %.1fs", budget, key, delay)
+                self.sleep(delay)
 
     def _key_lifetime(self) -> int:
         """Seconds the slot set and wake-up list outlive their last use (Redis wants whole seconds)."""

@@ -23,27 +23,23 @@ What is BMS-specific, and where it comes from (psa/kaseya_bms.md):
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import requests
-from cryptography.fernet import InvalidToken
 
 from .base import (
     Agreement,
+    BatchWritingClient,
     CredentialField,
     CredentialsRejected,
     Line,
     NotFound,
     PermissionDenied,
-    PsaClient,
     PsaError,
     PsaItem,
     QuantityChange,
@@ -51,8 +47,10 @@ from .base import (
     ValidationFailed,
     WriteOptions,
     WriteResult,
+    int_ids,
 )
-from .http import DEFAULT_TIMEOUT, PsaHttp, RetryPolicy, base_url_for, limiter_for, request_tally
+from .http import DEFAULT_TIMEOUT, PsaHttp, RetryPolicy, base_url_for, limiter_for, normalize_host
+from .tokens import BearerToken, SharedTokens
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +135,7 @@ def _parse_time(value: Any) -> float | None:
 
 
 def _int_ids(values: Iterable[Any], what: str) -> list[int]:
-    try:
-        return [int(str(v).strip()) for v in values]
-    except ValueError:
-        raise ValidationFailed(f"A Kaseya BMS {what} id must be a number.") from None
+    return int_ids(values, what, "Kaseya BMS")
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
@@ -150,30 +145,7 @@ def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
 
 def _normalize_hostname(raw: str, dev_hosts: frozenset[str]) -> tuple[str, str | None]:
     """The bare host an admin meant, and a notice when what they typed had to be trimmed."""
-    value = (raw or "").strip()
-    if not value:
-        return "", None
-    lowered = value.lower()
-    scheme = ""
-    if "://" in lowered:
-        parts = urlsplit(lowered)
-        scheme, host = parts.scheme, parts.netloc
-    else:
-        host = lowered.split("/", 1)[0].split("?", 1)[0]
-    if "@" in host:
-        raise ValidationFailed("The Hostname must not contain a user name or password.", hint=HOST_HINT)
-    host = host.rstrip(".")
-    if scheme == "http" and host not in dev_hosts:
-        raise ValidationFailed("Kaseya BMS is only reached over HTTPS: an “http://” address is refused.",
-                               hint=HOST_HINT)
-    if scheme not in ("", "http", "https"):
-        raise ValidationFailed(f"“{scheme}://” is not a web address SeatSync can use.", hint=HOST_HINT)
-    if not host or any(c in host for c in " \\#"):
-        raise ValidationFailed(f"“{value}” is not a host name.", hint=HOST_HINT)
-    notice = None
-    if host != lowered.rstrip("/"):
-        notice = f"The Hostname was shortened to “{host}”: SeatSync only needs the host."
-    return host, notice
+    return normalize_host(raw, psa="Kaseya BMS", field="Hostname", hint=HOST_HINT, dev_hosts=dev_hosts)
 
 
 def api_host_for(hostname: str, dev_hosts: frozenset[str]) -> str:
@@ -197,25 +169,10 @@ class ContractServiceLine(Line):
     effective_date: str = ""
 
 
-class _Token:
-    """The current JWT. Never printable."""
-
-    __slots__ = ("access", "refresh", "expires_at", "margin")
-
-    def __init__(self, access: str, refresh: str, expires_at: float, margin: float):
-        self.access, self.refresh, self.expires_at, self.margin = access, refresh, expires_at, margin
-
-    def fresh(self) -> bool:
-        return time.time() < self.expires_at - self.margin
-
-    def __repr__(self) -> str:
-        return "<Kaseya BMS token>"
-
-
 # --------------------------------------------------------------------------------------------------
 # The client
 # --------------------------------------------------------------------------------------------------
-class KaseyaBmsClient(PsaClient):
+class KaseyaBmsClient(BatchWritingClient):
     kind = "kaseya_bms"
     display_name = "Kaseya BMS"
     hourly_limit = 1500  # per endpoint (notes §4, Kaseya V2 help page)
@@ -225,6 +182,7 @@ class KaseyaBmsClient(PsaClient):
     concurrency_per_endpoint = 3
     # The V2 API cannot report a contract service's Units: Line.quantity is None (notes §0.2, §3.4).
     quantity_readable: ClassVar[bool] = False
+    host_hint = HOST_HINT
     credential_fields = (
         CredentialField("hostname", "Hostname", host=True,
                         help="Your Kaseya BMS host without https://, e.g. bms.kaseya.com.",
@@ -233,20 +191,6 @@ class KaseyaBmsClient(PsaClient):
         CredentialField("password", "Password", secret=True),
         CredentialField("company", "Company Name", help="Your company name in Kaseya BMS (My Settings)."),
     )
-
-    @classmethod
-    def normalize_credentials(
-        cls, values: dict[str, str], *, dev_hosts: frozenset[str] = frozenset()
-    ) -> tuple[dict[str, str], list[str]]:
-        password = values.get("password")
-        cleaned, notices = super().normalize_credentials(values)
-        if password is not None:
-            cleaned["password"] = password  # a password may end in a space: never altered
-        if cleaned.get("hostname"):
-            cleaned["hostname"], notice = _normalize_hostname(cleaned["hostname"], frozenset(dev_hosts))
-            if notice:
-                notices.append(notice)
-        return cleaned, notices
 
     def __init__(self, credentials: dict[str, Any], *, redis=None, dev_hosts: frozenset[str] = frozenset(),
                  config: dict[str, Any] | None = None):
@@ -258,10 +202,7 @@ class KaseyaBmsClient(PsaClient):
         self.username = str(credentials.get("username") or "").strip()
         self.company = str(credentials.get("company") or "").strip()
         self._password = str(credentials.get("password") or "")
-        self._token: _Token | None = None
-        self._redis = redis
-        identity = f"{self.api_host}|{self.company.lower()}|{self.username.lower()}".encode()
-        self._token_key = f"seatsync:kaseya_bms:token:{hashlib.sha256(identity).hexdigest()[:32]}"
+        self._token: BearerToken | None = None
         self._base_url: str | None = None
         self._catalog: dict[int, dict] | None = None
         self._catalog_at = 0.0
@@ -273,9 +214,9 @@ class KaseyaBmsClient(PsaClient):
             is_throttled=_is_throttled, sleep=sleep, timeout=config.get("HTTP_TIMEOUT") or DEFAULT_TIMEOUT,
         )
         self.http.scrub.add(self._password)
-        self.http.tally = request_tally(redis, self.kind)
-        # Encrypts the token shared through Redis (the app's credential key); without it nothing is shared.
-        self._token_cipher = config.get("TOKEN_CIPHER")
+        # The login endpoint has its own 1,500 an hour: every worker's client of the tenant shares one token.
+        self._shared = SharedTokens(redis, config.get("TOKEN_CIPHER"), "kaseya_bms",
+                                    f"{self.api_host}|{self.company.lower()}|{self.username.lower()}")
 
     def __repr__(self) -> str:  # the password and the token stay out of reprs
         return f"KaseyaBmsClient(host={self.api_host!r}, company={self.company!r}, username={self.username!r})"
@@ -340,49 +281,18 @@ class KaseyaBmsClient(PsaClient):
         expires_at = _parse_time(_ci(result, "AccessTokenExpireOn"))
         if expires_at is None or expires_at <= now:  # missing, or a zone-less local time read as UTC
             expires_at = now + DEFAULT_TOKEN_LIFETIME
-        margin = min(REFRESH_MARGIN, (expires_at - now) / 4)
-        self._use_token(_Token(str(access), str(_ci(result, "RefreshToken") or ""), expires_at, margin))
-        self._share_token()
+        self._use_token(BearerToken.lasting(str(access), str(_ci(result, "RefreshToken") or ""), expires_at,
+                                            margin=REFRESH_MARGIN))
+        self._shared.save(self._token)
 
-    def _use_token(self, token: _Token) -> None:
+    def _use_token(self, token: BearerToken) -> None:
         self.http.scrub.add(token.access, token.refresh)
         self._token = token
-
-    # Every worker's client of one tenant shares the token through Redis: a sync of many companies
-    # logs in once, not once per job (the login endpoint has its own 1,500 an hour).
-    def _share_token(self) -> None:
-        token = self._token
-        ttl = int(token.expires_at - token.margin - time.time()) if token else 0
-        if self._redis is None or self._token_cipher is None or ttl <= 0:
-            return
-        value = json.dumps({"access": token.access, "refresh": token.refresh, "expires_at": token.expires_at,
-                            "margin": token.margin})
-        self._redis.set(self._token_key, self._token_cipher.encrypt(value.encode()), ex=ttl)
-
-    def _shared_token(self) -> _Token | None:
-        if self._redis is None or self._token_cipher is None:
-            return None
-        raw = self._redis.get(self._token_key)
-        if not raw:
-            return None
-        try:
-            data = json.loads(self._token_cipher.decrypt(raw))
-            token = _Token(data["access"], data["refresh"], float(data["expires_at"]), float(data["margin"]))
-        except (InvalidToken, ValueError, KeyError, TypeError):  # e.g. written under a retired key
-            return None
-        return token if token.fresh() else None
-
-    def _drop_shared_token(self, refused: _Token) -> None:
-        if self._redis is None:
-            return
-        shared = self._shared_token()
-        if shared is not None and shared.access == refused.access:  # another worker may have replaced it
-            self._redis.delete(self._token_key)
 
     def _ensure_token(self) -> None:
         if self._token is not None and self._token.fresh():
             return
-        shared = self._shared_token()
+        shared = self._shared.load()
         if shared is not None:
             self._use_token(shared)
             return
@@ -419,7 +329,7 @@ class KaseyaBmsClient(PsaClient):
             expired = response.status_code == 401 or error_code == EXPIRED_TOKEN_CODE
             if expired and attempt == 1:
                 log.info("Kaseya BMS: token refused on %s; logging in again", endpoint)
-                self._drop_shared_token(self._token)
+                self._shared.drop(self._token)
                 self._token = None  # a refused token is not refreshed: log in afresh
                 self._authenticate()
                 continue
@@ -661,13 +571,6 @@ class KaseyaBmsClient(PsaClient):
             unit_price=_ci(row, "UnitPrice"),
             effective_date=str(_ci(row, "EffectiveDate") or ""),
         )
-
-    def set_quantity(self, agreement_id: str, product_id: str, target: int, *, current: Line | None,
-                     options: WriteOptions) -> WriteResult:
-        (result,) = self.set_quantities(agreement_id, [QuantityChange(product_id, target, current)], options=options)
-        if isinstance(result, PsaError):
-            raise result
-        return result
 
     def set_quantities(self, agreement_id: str, changes: Sequence[QuantityChange], *,
                        options: WriteOptions) -> list[WriteResult | PsaError]:

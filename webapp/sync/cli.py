@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from ..extensions import db
 from ..models import Company, CompanyMapping, Integration, SyncRun
+from ..psa_clients import PSA_KINDS
 from .state import ACTIVE_RUN, RunState
 
 
@@ -72,7 +73,7 @@ def _wait_for(runs: list[int], timeout: int) -> bool:
 
 def register_sync_cli(app: Flask) -> None:
     @app.cli.command("sync")
-    @click.option("--psa", "kind", type=click.Choice(["connectwise", "autotask", "kaseya_bms"]),
+    @click.option("--psa", "kind", type=click.Choice(PSA_KINDS),
                   help="Only this PSA (default: every enabled integration).")
     @click.option("--company", help="Only this SeatSync company (exact name).")
     @click.option("--wait/--no-wait", default=True, help="Wait for the run(s) to end and print the outcome.")

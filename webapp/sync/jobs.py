@@ -41,9 +41,11 @@ MAX_ATTEMPTS = 3  # a push job that crashed (a database error…) hands its comp
 # - ConnectWise reads each agreement on its own, so small batches spread the run over workers at no cost;
 # - Autotask reads up to 500 contracts in two queries, so fewer, larger batches save read calls;
 # - Kaseya BMS reads contract lines per mapped service across the whole tenant, so every batch pays the
-#   same full read: as many batches as writes may be in flight (3), for three full reads in all.
+#   same full read: as many batches as writes may be in flight (3), for three full reads in all;
+# - HaloPSA reads many recurring invoices through the list of all of them (a page per 100), so it is split
+#   the same way: three batches, each reading the list once.
 BATCH_BY_KIND = {"connectwise": 20, "autotask": 50}
-SPLIT_IN_BATCHES = {"kaseya_bms": 3}
+SPLIT_IN_BATCHES = {"kaseya_bms": 3, "halopsa": 3}
 
 
 def batch_size(kind: str, companies: int) -> int:

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..psa_clients.base import Line
+from ..psa_clients.base import ComputedLine, Line
 from ..timezones import zone_named
 
 # What a change asks the PSA to do.
@@ -104,6 +104,11 @@ def plan_agreement(
             change.kind = ATTENTION
             change.message = (f"needs attention: duplicate lines — {len(found)} lines bill this product on the "
                               "agreement; remove all but one in the PSA")
+        elif len(found) == 1 and isinstance(found[0], ComputedLine):
+            change.line = found[0]  # the PSA computes this quantity: never written
+            change.kind = ATTENTION
+            change.message = f"needs attention: {found[0].reason}"
+            change.extra["hint"] = found[0].hint
         elif len(found) == 1:
             change.line = found[0]
             if found[0].quantity is None:

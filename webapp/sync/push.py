@@ -267,8 +267,9 @@ class Pusher:
         """The line's result when nothing is to be written now; None when it must be written."""
         mapping = company.ref
         if change.kind == planning.ATTENTION:
-            hint = ("Remove the extra lines in the PSA, then sync again." if "duplicate" in change.message
-                    else "Map the product, or add the line in the PSA, then sync again.")
+            hint = change.extra.get("hint") or (
+                "Remove the extra lines in the PSA, then sync again." if "duplicate" in change.message
+                else "Map the product, or add the line in the PSA, then sync again.")
             return self.recorder.result(mapping, change, action=LineAction.NEEDS_ATTENTION, hint=hint)
         if change.kind == planning.NONE:
             intent = self.intents.pop((mapping.agreement_id, change.psa_product_id), None)

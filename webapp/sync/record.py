@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, inspect, select, update
 
 from ..extensions import db
 from ..models import LineResult, PushIntent
@@ -61,31 +61,27 @@ class Recorder:
     def __init__(self, run_id: int, integration_id: int, period, *, quantity_readable: bool):
         self.run_id, self.integration_id, self.period = run_id, integration_id, period
         self.quantity_readable = quantity_readable
-        self.known_intents: dict[tuple[str, str], int] = {}
+        self.known_intents: dict[tuple[str, str], PushIntent] = {}
         self.written_intents: list[PushIntent] = []
 
     # -- intents -----------------------------------------------------------------------------------
     def pending_intents(self, agreement_ids: list[str]) -> dict[tuple[str, str], PushIntent]:
-        """Pending intents of these agreements; the ids of all their intents of the period are kept."""
-        of_batch = (PushIntent.integration_id == self.integration_id, PushIntent.period == self.period,
-                    PushIntent.agreement_id.in_(agreement_ids))
-        self.known_intents = {(a, p): i for i, a, p in db.session.execute(
-            select(PushIntent.id, PushIntent.agreement_id, PushIntent.psa_product_id).where(*of_batch))}
-        rows = db.session.scalars(select(PushIntent).where(*of_batch, PushIntent.state == "pending"))
-        return {(i.agreement_id, i.psa_product_id): i for i in rows}
+        """Pending intents of these agreements; all their intents of the period are kept for reuse."""
+        rows = db.session.scalars(select(PushIntent).where(
+            PushIntent.integration_id == self.integration_id, PushIntent.period == self.period,
+            PushIntent.agreement_id.in_(agreement_ids)))
+        self.known_intents = {(i.agreement_id, i.psa_product_id): i for i in rows}
+        return {key: i for key, i in self.known_intents.items() if i.state == "pending"}
 
     def prepare_intent(self, agreement_id: str, change: Change, intents: dict) -> PushIntent:
         """The pending PushIntent of a write (the caller commits it before sending)."""
         key = (agreement_id, change.psa_product_id)
-        intent = intents.pop(key, None)
-        if intent is None and key in self.known_intents:
-            intent = db.session.get(PushIntent, self.known_intents[key])
+        intent = intents.pop(key, None) or self.known_intents.get(key)
         if intent is None:
             intent = PushIntent(integration_id=self.integration_id, agreement_id=key[0], psa_product_id=key[1],
-                                period=self.period, target=0)
+                                period=self.period)
             db.session.add(intent)
-            db.session.flush()
-            self.known_intents[key] = intent.id
+            self.known_intents[key] = intent
         intent.target = int(change.target)
         intent.delta = (change.target - change.before) if change.before is not None else None
         intent.state, intent.run_id, intent.completed_at = "pending", self.run_id, None
@@ -147,9 +143,11 @@ class Recorder:
     def finish(self, records: list[CompanyRecord], *, job_id: str | None) -> None:
         """Record finished companies in one transaction — each whole, with its status and the run's
         counters. The caller commits."""
-        now = utcnow()
-        for intent in self.written_intents:
-            intent.state, intent.completed_at = "done", now
+        if self.written_intents:  # by key: the objects are expired since their commit, loading them is waste
+            ids = [inspect(intent).identity[0] for intent in self.written_intents]
+            db.session.execute(update(PushIntent).where(PushIntent.id.in_(ids))
+                               .values(state="done", completed_at=utcnow())
+                               .execution_options(synchronize_session=False))
         self.written_intents.clear()
         replaced = [i for record in records for i in record.replaced]
         if replaced:

@@ -7,11 +7,8 @@ import time
 
 import pytest
 
-from psa_sim.seed import SIM_CREDENTIALS
-from tests.integration.psa_clients.helpers import company_id, managed_services, sim_requests
-from webapp.psa_clients import make_client
+from tests.integration.psa_clients.helpers import company_id, managed_services, sim_client, sim_requests
 from webapp.psa_clients.base import CredentialsRejected, NotFound, ValidationFailed, WriteOptions
-from webapp.psa_clients.http import RetryPolicy
 
 pytestmark = pytest.mark.integration
 
@@ -21,12 +18,7 @@ OCTOBER = WriteOptions(effective_date=dt.date(2026, 10, 1))
 @pytest.fixture
 def connect(psa_sim, real_redis):
     def build(sleeps=None, **overrides):
-        credentials = {"hostname": psa_sim.host, **SIM_CREDENTIALS["kaseya_bms"], **overrides}
-        config = {"HTTP_RETRY_POLICY": RetryPolicy(attempts=6, initial=0.01, maximum=1.0)}
-        if sleeps is not None:
-            config["HTTP_SLEEP"] = lambda seconds: (sleeps.append(seconds), time.sleep(min(seconds, 0.01)))
-        return make_client("kaseya_bms", credentials, redis=real_redis, dev_hosts=frozenset({psa_sim.host}),
-                           config=config)
+        return sim_client("kaseya_bms", "hostname", psa_sim, real_redis, sleeps=sleeps, **overrides)
     return build
 
 

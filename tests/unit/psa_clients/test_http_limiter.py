@@ -196,3 +196,19 @@ def test_the_benchmark_override_lifts_hourly_budgets_only_for_the_simulator_host
     assert hourly_limit_for(1500, "127.0.0.1:8099", frozenset({"127.0.0.1:8099"}), lifted) is None
     assert hourly_limit_for(1500, "api.bms.kaseya.com", frozenset({"127.0.0.1:8099"}), lifted) == 1500
     assert hourly_limit_for(1500, "127.0.0.1:8099", frozenset({"127.0.0.1:8099"}), {}) == 1500
+
+
+def test_a_per_minute_budget_makes_the_request_past_it_wait_for_the_window_to_move():
+    """HaloPSA's 60 a minute per instance: shared by every worker through Redis, like the hourly budgets."""
+    redis, sleeps = fakeredis.FakeRedis(), []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        redis.flushdb()  # the window moved on: the budget is free again
+
+    workers = [RequestLimiter(redis, tenant_key="halo", hourly_limit=None, minute_limit=2, concurrency=None,
+                              sleep=sleep) for _ in range(2)]
+    for limiter in (*workers, workers[0]):  # two workers' requests use up the minute; the third waits
+        with limiter.slot("Client"):
+            pass
+    assert len(sleeps) == 1 and 0.5 <= sleeps[0] <= 60

@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import logging
 import re
-import socket
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -42,12 +41,7 @@ CIPHER = Fernet(Fernet.generate_key())
 OPTIONS = WriteOptions(effective_date=dt.date(2026, 10, 1))
 
 
-@pytest.fixture(autouse=True)
-def public_dns(monkeypatch):
-    def fake_getaddrinfo(host, port, *args, **kwargs):
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("204.12.34.56", port))]
-
-    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+pytestmark = pytest.mark.usefixtures("public_dns")  # tests/unit/psa_clients/conftest.py
 
 
 @pytest.fixture

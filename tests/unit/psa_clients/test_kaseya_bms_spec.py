@@ -11,13 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import socket
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-import responses
 
-from tests.specs import spec_path
+from tests.specs import answering, check_value, operation, resolve, spec_path
 from webapp.psa_clients import Line, WriteOptions, kaseya_bms, make_client
 from webapp.psa_clients.kaseya_bms import ENDPOINT_PATHS, ContractServiceLine
 
@@ -34,47 +32,6 @@ READS_OUTSIDE_THE_SPEC = {
 @pytest.fixture(scope="module")
 def spec() -> dict:
     return json.loads(SPEC_PATH.read_text())
-
-
-def resolve(spec: dict, schema: dict) -> dict:
-    while "$ref" in schema:
-        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
-    return schema
-
-
-def operation(spec: dict, method: str, path: str) -> tuple[str, dict]:
-    for template, operations in spec["paths"].items():
-        pattern = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
-        if re.match(pattern, path, flags=re.IGNORECASE) and method.lower() in operations:
-            return template, operations[method.lower()]
-    raise AssertionError(f"{method} {path} is not in the Kaseya BMS OpenAPI document")
-
-
-def check_value(spec: dict, schema: dict, value, where: str) -> list[str]:
-    """Differences between a JSON value and its schema: unknown or missing fields, wrong types."""
-    schema = resolve(spec, schema)
-    kind = schema.get("type")
-    if value is None:
-        return [] if schema.get("nullable") or kind is None else [f"{where}: null for a non-nullable {kind}"]
-    if kind == "object" or "properties" in schema:
-        if not isinstance(value, dict):
-            return [f"{where}: expected an object"]
-        properties = schema.get("properties", {})
-        problems = [f"{where}.{k}: not a field of the spec" for k in value if k not in properties]
-        missing = [k for k in schema.get("required", []) if k not in value]
-        problems += [f"{where}.{k}: required by the spec, not sent" for k in missing]
-        for key, item in value.items():
-            if key in properties:
-                problems += check_value(spec, properties[key], item, f"{where}.{key}")
-        return problems
-    if kind == "array":
-        if not isinstance(value, list):
-            return [f"{where}: expected an array"]
-        return [p for i, item in enumerate(value) for p in check_value(spec, schema["items"], item, f"{where}[{i}]")]
-    expected = {"integer": int, "number": (int, float), "string": str, "boolean": bool}.get(kind)
-    if expected and (not isinstance(value, expected) or (kind != "boolean" and isinstance(value, bool))):
-        return [f"{where}: {value!r} is not a {kind}"]
-    return []
 
 
 def form_fields(request) -> dict[str, str]:
@@ -118,10 +75,8 @@ ANSWERS = [  # path pattern → answer, first match wins
 
 
 @pytest.fixture
-def recorded(monkeypatch):
+def recorded(monkeypatch, public_dns):
     """Run every interface method; return the requests sent and the field names read from answers."""
-    public = ("204.12.34.56", 443)
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", public)])
     reads: set[str] = set()
     real_ci = kaseya_bms._ci
 
@@ -131,14 +86,7 @@ def recorded(monkeypatch):
 
     monkeypatch.setattr(kaseya_bms, "_ci", recording_ci)
 
-    def answer(request):
-        path = urlsplit(request.url).path
-        body = next(body for pattern, body in ANSWERS if re.search(pattern, path))
-        return 200, {"Content-Type": "application/json"}, json.dumps(body)
-
-    with responses.RequestsMock() as rsps:
-        for method in ("GET", "POST"):
-            rsps.add_callback(method, re.compile(re.escape(BASE) + r"/.*"), callback=answer)
+    with answering(BASE, ANSWERS) as rsps:
         client = make_client("kaseya_bms", CREDS, config={"HTTP_SLEEP": lambda s: None})
         client.check_credentials()
         client.list_products()
