@@ -27,12 +27,20 @@ by count overrides, runs `python worker.py` processes and, per PSA, two runs of 
 Targets (PRODUCT.md §7, issue 17): calls ≤ 1.1 × minimum, wall ≤ 1.25 × bound, in flight ≥ 2.8 of 3,
 RSS ≤ 150 MB.
 
-2. storm: every target gets a new count, then one Sync now while the simulator fails requests (seeded, so
-reproducible): every 5th request 429 + Retry-After: 1; of the rest `--storm-rate` (20 %) 5xx, half 503 and
-half 500 (Autotask: 502, as its 500 means a validation error), on reads and writes alike; for Autotask also
-5 % thread-limit answers (Itgenatr005, HTTP 500) before that.
-Prints the run's outcome, whether every line is right afterwards, and calls vs 1.5 × the minimum (PRODUCT.md
-§7). The bench exits 1 when a run left a line wrong or a company in error, or did not finish.
+2. revert (issue 14): "Revert this run" of the calm run, with fresh workers. Prints its PSA calls vs the
+minimum (reads of the agreements the calm run wrote, one write per written line — Kaseya BMS: per contract —
+and their read-back, as for a sync) and wall vs the same bound (PRODUCT.md §7: ≤ 1.1× calls, ≤ 1.25× the
+bound), and whether every line holds what it held before the calm run again (a line the calm run created:
+0). Kaseya BMS cannot read Units, so the quantities it held before SeatSync's first write are unknown: its
+revert writes only the lines the calm run created, and says so.
+
+3. storm: every target gets a new count, then one Sync now while the simulator fails requests (seeded, so
+reproducible): `--storm-rate` (20 %) of all requests fail transiently, as PRODUCT.md §7 puts it: every 10th
+is a 429 + Retry-After: 1, and of the rest enough get a 5xx — 503 and 500 (Autotask: 502, as its 500 means a
+validation error; and its thread-limit answer, Itgenatr005) in equal parts — on reads and writes alike.
+Prints the run's outcome, whether every line is right afterwards, calls vs 1.5 × the minimum (PRODUCT.md §7)
+and vs the floor any client needs when that share of answers fails (minimum ÷ (1 − share)). The bench exits 1
+when a run left a line wrong or a company in error, or did not finish, or a storm cost over 1.5 × the minimum.
 
 Hourly budgets: the simulator would accept any rate, so the run sets PSA_DEV_HOSTS_NO_HOURLY_LIMIT=1, which
 lifts the PSAs' hourly budgets for PSA_DEV_HOSTS only (never for a real host). The measured wall is
@@ -128,19 +136,29 @@ def projected_wall(kind: str, sent: list[dict], wall: float) -> str:
             f"{wall:.1f} s — the busiest budget ({busiest}) needs {count} calls")
 
 
+THROTTLED_EVERY = 10  # every 10th request of the storm is a 429 with Retry-After: 1
+
+
 def storm_rules(kind: str, rate: float) -> list[dict]:
-    """Every 5th request throttled; of the rest `rate` 5xx (half 503, half 500); Autotask thread limits too.
+    """`rate` of all requests fail transiently (PRODUCT.md §7: "≥ 20 % of PSA requests failing transiently
+    (5xx, 429 + Retry-After)"): every THROTTLED_EVERY-th is throttled, and of the rest enough get a 5xx —
+    503, 500 (Autotask: 502) and for Autotask its thread-limit answer — that the failing share is `rate`.
 
     Autotask answers validation and business-rule failures as HTTP 500 with the same `errors` body
     (shared/psa/autotask.md §4), which a client must not retry; its storm uses 502 instead of 500.
     """
-    rules = [{"psa": kind, "every": 5, "status": 429, "retry_after": 1}]
+    rules = [{"psa": kind, "every": THROTTLED_EVERY, "status": 429, "retry_after": 1}]
+    server_errors = [{"status": 503}, {"status": 502 if kind == "autotask" else 500}]
     if kind == "autotask":
-        rules.append({"psa": kind, "rate": 0.05, "status": 500, "kind": "thread_limit"})
-    half = rate / 2
-    # The first rule that fires answers: the second 5xx rule sees only what the first spared.
-    rules += [{"psa": kind, "rate": half, "status": 503},
-              {"psa": kind, "rate": half / (1 - half), "status": 502 if kind == "autotask" else 500}]
+        server_errors.insert(0, {"status": 500, "kind": "thread_limit"})
+    # Of the requests the 429s spare; the first rule that fires answers, so each later rule's rate is
+    # taken of what the earlier ones spared.
+    share = max(0.0, rate - 1 / THROTTLED_EVERY) / (1 - 1 / THROTTLED_EVERY)
+    spared = 1.0
+    for error in server_errors:
+        part = share / len(server_errors)
+        rules.append({"psa": kind, "rate": part / spared, **error})
+        spared -= part
     return rules
 
 
@@ -331,8 +349,8 @@ def stop_workers(workers: list[subprocess.Popen]) -> None:
         worker.wait(10)
 
 
-def run_one_sync(mapped: Mapped, sim: Sim, args, environ: dict) -> Outcome:
-    """ONE Sync now with fresh workers, until the run ends (or `--run-timeout`)."""
+def run_one_sync(mapped: Mapped, sim: Sim, args, environ: dict, start=None) -> Outcome:
+    """ONE Sync now (or `start()`: another run) with fresh workers, until the run ends (or `--run-timeout`)."""
     from webapp.extensions import db
     from webapp.models import CompanyMapping, SyncRun
     from webapp.sync import start_sync
@@ -343,7 +361,7 @@ def run_one_sync(mapped: Mapped, sim: Sim, args, environ: dict) -> Outcome:
         cpu_before = sum(cpu_seconds(w.pid) for w in workers)
         sim.state.clear_log()
         started = time.monotonic()
-        run = start_sync(mapped.integration, trigger="cli")
+        run = start() if start else start_sync(mapped.integration, trigger="cli")
         while True:
             db.session.rollback()
             current = db.session.get(SyncRun, run.id)
@@ -480,6 +498,70 @@ def calm_run(mapped: Mapped, sim: Sim, args, environ: dict, ceiling: Ceiling) ->
     return problems_of(f"{mapped.kind} calm", outcome)
 
 
+def held_lines(mapped: Mapped, sim: Sim) -> dict[tuple[str, str], float]:
+    """(agreement id, PSA product id) -> quantity, from the simulator's records."""
+    from psa_sim.server import PSA_MODULES
+
+    with sim.state.lock:
+        return dict(PSA_MODULES[mapped.kind].line_quantities(sim.state.data[mapped.kind], sim.on))
+
+
+def revert_minimum(mapped: Mapped, run_id: int) -> tuple[int, int]:
+    """(reads, writes) a perfect revert of the run needs: read the agreements it wrote, write each written line
+    back (Kaseya BMS: one write per contract), read the written agreements back as a sync does."""
+    from webapp.extensions import db
+    from webapp.models import LineResult
+    from webapp.sync.state import WRITTEN
+
+    rows = db.session.execute(db.select(LineResult.agreement_id, LineResult.before, LineResult.action).where(
+        LineResult.run_id == run_id, LineResult.action.in_(WRITTEN))).all()
+    if mapped.kind == "kaseya_bms":  # only created lines have a known before (0)
+        rows = [r for r in rows if value_of(r.action) == "created"]
+    agreements = {r.agreement_id for r in rows}
+    if mapped.kind == "connectwise":
+        return 2 * len(agreements), len(rows)
+    if mapped.kind == "autotask":
+        return 4 * math.ceil(len(agreements) / 500), len(rows)
+    related = len(mapped.psa_products)  # one related-services page per mapped service at least
+    return math.ceil(len(agreements) / 100) + 1 + related, len(agreements)
+
+
+def revert_phase(mapped: Mapped, sim: Sim, args, environ: dict, before: dict) -> list[str]:
+    """Revert the calm run: calls vs the minimum, wall vs the bound, every line back where it was."""
+    from webapp.extensions import db
+    from webapp.models import SyncRun
+    from webapp.sync.revert import start_revert
+
+    calm = db.session.scalars(db.select(SyncRun).filter_by(integration_id=mapped.integration.id)
+                              .order_by(SyncRun.id.desc())).first()
+    reads, writes = revert_minimum(mapped, calm.id)
+    minimum = max(1, reads + writes)
+    sim.state.latency_ms = args.latency_ms
+    outcome = run_one_sync(mapped, sim, args, environ, start=lambda: start_revert(calm, user=None))
+    sim.state.latency_ms = 0
+    held = held_lines(mapped, sim)
+    targets = targets_by_line(mapped)
+    outcome.lines = len(targets)
+    if mapped.kind != "kaseya_bms":
+        outcome.wrong = [f"agreement {a} product {p}: holds {held.get((a, p), 'no line')}, held "
+                         f"{before.get((a, p), 'no line')} before the calm run"
+                         for a, p in targets if held.get((a, p), 0) != before.get((a, p), 0)]
+    calls = len(outcome.sent)
+    bound = minimum * args.latency_ms / 1000 / mapped.concurrency
+    print(f"\n{mapped.kind}, revert of the calm run {calm.id}: {describe_run(outcome)}")
+    print(f"  PSA calls {calls} vs minimum {minimum} ({reads} reads + {writes} writes): "
+          f"{calls / minimum:.2f}× (target ≤ 1.1×)")
+    print(f"  wall {outcome.wall:.1f} s vs bound {bound:.1f} s ({minimum} × {args.latency_ms:g} ms ÷ "
+          f"{mapped.concurrency}): {outcome.wall / bound:.2f}× (target ≤ 1.25×)")
+    print("\n".join(describe_in_flight(mapped, outcome)))
+    if mapped.kind == "kaseya_bms":
+        print("  Kaseya BMS: quantities before SeatSync's first write are unknown (Units cannot be read); "
+              "only lines the calm run created were set to 0, the others are reported, not guessed")
+    else:
+        print("\n".join(describe_lines(outcome)).replace("right afterwards", "back as before the calm run"))
+    return problems_of(f"{mapped.kind} revert", outcome)
+
+
 def storm_run(mapped: Mapped, sim: Sim, args, environ: dict) -> list[str]:
     from psa_sim.faults import Faults
 
@@ -499,12 +581,17 @@ def storm_run(mapped: Mapped, sim: Sim, args, environ: dict) -> list[str]:
     verdict = "within" if calls <= 1.5 * minimum else "OVER"
     caveat = "; the run gave up on companies, so its calls prove little" if (
         outcome.statuses.get("error") or not outcome.finished) else ""
-    print(f"\n{mapped.kind}, {args.storm_rate:.0%} storm (seed {args.seed}; new targets): {describe_run(outcome)}")
+    print(f"\n{mapped.kind}, storm of {args.storm_rate:.0%} failing (seed {args.seed}; new targets): "
+          f"{describe_run(outcome)}")
     print(f"  faults answered: {sum(injected.values())} of {calls} calls "
           f"({', '.join(f'{n} × {what}' for what, n in injected.most_common())})")
     print(f"  PSA calls {calls} vs minimum {minimum} ({reads} reads + {writes} writes): {calls / minimum:.2f}× — "
           f"{verdict} the 1.5 × minimum ({1.5 * minimum:.0f}) a storm may cost{caveat}")
-    print(f"  wall {outcome.wall:.1f} s (every 5th call waits Retry-After: 1 s)")
+    failed_share = sum(injected.values()) / max(1, calls)
+    floor = minimum / (1 - failed_share) if failed_share < 1 else math.inf
+    print(f"    any client needs at least {floor:.0f} calls when {failed_share:.0%} of answers fail: "
+          f"{calls / floor:.2f}× that floor")
+    print(f"  wall {outcome.wall:.1f} s (every {THROTTLED_EVERY}th call waits Retry-After: 1 s)")
     print("\n".join(describe_in_flight(mapped, outcome)))
     print("\n".join(describe_lines(outcome)))
     problems = problems_of(f"{mapped.kind} storm", outcome)
@@ -519,9 +606,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--psa", action="append", choices=PSAS, help="repeat for several; default all four")
-    parser.add_argument("--storm-rate", type=float, default=0.2, help="share of 5xx answers in the storm run")
+    parser.add_argument("--storm-rate", type=float, default=0.2, help="share of requests failing (429 + 5xx)")
     parser.add_argument("--seed", type=int, default=1, help="seeds the storm's faults and its new targets")
-    parser.add_argument("--no-storm", action="store_true", help="only the calm run")
+    parser.add_argument("--no-storm", action="store_true", help="no storm run")
+    parser.add_argument("--no-revert", action="store_true", help="no revert of the calm run")
     parser.add_argument("--run-timeout", type=float, default=1800, help="seconds to wait for one run to end")
     return parser.parse_args()
 
@@ -568,7 +656,10 @@ def bench_every_psa(args, state, host: str, environ: dict) -> list[str]:
     problems = []
     for kind in args.psa or PSAS:
         mapped = map_everything(kind, host, products)
+        before = held_lines(mapped, sim)
         problems += calm_run(mapped, sim, args, environ, ceiling)
+        if not args.no_revert:
+            problems += revert_phase(mapped, sim, args, environ, before)
         if not args.no_storm:
             problems += storm_run(mapped, sim, args, environ)
     return problems

@@ -55,9 +55,12 @@ def demo_dataset() -> Dataset:
     companies = []
     for i, name in enumerate(DEMO_COMPANIES):
         lines = {DEMO_PRODUCTS[0]: 5 + i} if i % 2 == 0 else {}
+        # The last one has a second active agreement (a product billed on another agreement than the default).
+        extra = [SimAgreement(f"{name} — Separate Backup")] if i == len(DEMO_COMPANIES) - 1 else []
         companies.append(SimCompany(name, agreements=[
             SimAgreement(f"{name} — Managed Services", lines=lines),
             SimAgreement(f"{name} — Old agreement", active=False),
+            *extra,
         ]))
     companies.append(SimCompany("Prospect Bakery", type="Prospect"))
     companies.append(SimCompany("Some Vendor Inc", type="Vendor"))

@@ -1,7 +1,7 @@
 """alerts: notification channels, alert events, deliveries
 
 Revision ID: d4e5f6a7b8c9
-Revises: c8d2e4f6a1b3
+Revises: d4e6f8a0b2c4
 Create Date: 2026-11-30 22:00:00.000000
 
 """
@@ -12,7 +12,7 @@ import webapp.models._types
 
 
 revision = 'd4e5f6a7b8c9'
-down_revision = 'c8d2e4f6a1b3'
+down_revision = 'd4e6f8a0b2c4'
 branch_labels = None
 depends_on = None
 

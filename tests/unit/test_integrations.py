@@ -11,6 +11,7 @@ from webapp.blueprints.integrations import company_page, next_run
 from webapp.connections import get_integration
 from webapp.extensions import db
 from webapp.models import (
+    AgreementOverride,
     AuditEvent,
     Company,
     CompanyMapping,
@@ -432,3 +433,42 @@ def test_a_viewer_sees_everything_and_no_edit_controls(psa_app, psa_sim, client,
     table = client.get("/integrations/connectwise/companies").text
     assert "Acme Dental" in table and "Details" in table
     assert "Edit mapping of" not in table and "Suggest matches<" not in table and ">Exclude<" not in table
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_inline_editor_bills_one_product_on_another_agreement_of_the_same_company(
+        kind, psa_app, psa_sim, client, login_as):
+    login_as("billing")
+    integration = connect(kind, psa_sim)
+    harbor, backup = company("Harbor Marine Supply"), Product(name="Offsite Backup Seats")
+    db.session.add(backup)
+    db.session.flush()
+    db.session.add(ProductMapping(integration_id=integration.id, product_id=backup.id, psa_product_id="1"))
+    db.session.commit()
+    editor = client.get(f"/integrations/{kind}/companies/{harbor.id}/edit", headers=HX).text
+    choice = next(part.split('"')[0] for part in editor.split('<option value="')[1:] if "Harbor Marine" in part)
+    agreements = client.get(f"/integrations/{kind}/companies/{harbor.id}/agreements",
+                            query_string={"psa_company": choice}, headers=HX).text
+    ids = {part.split(">", 1)[1].split("<")[0].strip(): part.split('"')[0]
+           for part in agreements.split('<option value="')[2:]}
+    default = next(i for name, i in ids.items() if "Managed Services" in name)
+    separate = next(i for name, i in ids.items() if "Separate Backup" in name)
+    refused = client.post(f"/integrations/{kind}/companies/{harbor.id}", headers=HX, data={
+        "psa_company": choice, "agreement": default, f"override-{backup.id}": "999999"})
+    assert "not an active agreement of this company" in refused.text
+    assert db.session.scalar(db.select(AgreementOverride)) is None
+
+    saved = client.post(f"/integrations/{kind}/companies/{harbor.id}", headers=HX, data={
+        "psa_company": choice, "agreement": default, f"override-{backup.id}": separate})
+    assert saved.text.lstrip().startswith("<tr"), saved.text
+    override = db.session.scalar(db.select(AgreementOverride))
+    assert (override.product_id, override.agreement_id) == (backup.id, separate)
+    assert "Separate Backup" in override.agreement_name
+    assert db.session.scalar(db.select(AuditEvent).filter_by(kind="company_mapping.overrides"))
+    editor = client.get(f"/integrations/{kind}/companies/{harbor.id}/edit", headers=HX).text
+    assert "Products billed on another" in editor and f'value="{separate}" selected' in editor
+
+    client.post(f"/integrations/{kind}/companies/{harbor.id}", headers=HX, data={
+        "psa_company": choice, "agreement": default, f"override-{backup.id}": ""})
+    db.session.expire_all()
+    assert db.session.scalar(db.select(AgreementOverride)) is None  # back on the mapping's agreement

@@ -75,3 +75,46 @@ def test_a_run_exports_as_csv_without_spreadsheet_formulas(client, login_as, rev
     assert [(r["company"], r["before"], r["target"], r["action"]) for r in rows] == [
         ("Acme <Dental>", "5", "3", "planned"), ("Acme <Dental>", "2", "8", "planned")]
     assert all(r["message"].startswith("'=") for r in rows)
+
+
+@pytest.fixture
+def pushed_run(reviewed_run):
+    """A finished run that wrote one line (5 → 3) and left one planned change undecided."""
+    reviewed_run.state, reviewed_run.finished_at = "finished", dt.datetime(2026, 11, 2, 2, 5, tzinfo=dt.UTC)
+    first = db.session.scalars(db.select(LineResult).order_by(LineResult.id)).first()
+    first.action, first.after = "updated", 3.0
+    db.session.commit()
+    return reviewed_run
+
+
+def test_a_viewer_sees_no_revert_button_and_cannot_revert(client, login_as, pushed_run):
+    login_as("viewer")
+    assert "Revert this run" not in client.get(f"/runs/{pushed_run.id}").text
+    assert client.post(f"/runs/{pushed_run.id}/revert").status_code == 403
+    assert db.session.scalar(db.select(db.func.count(SyncRun.id))) == 1
+
+
+def test_billing_sees_revert_buttons_only_for_what_the_run_wrote(client, login_as, pushed_run):
+    login_as("billing")
+    page = client.get(f"/runs/{pushed_run.id}").text
+    assert "Revert this run" in page and "Revert this company" in page
+    mapping_id = db.session.scalar(db.select(CompanyMapping.id))
+    page = client.get(f"/runs/{pushed_run.id}?company={mapping_id}").text
+    assert "Revert this run" not in page and "Revert this company" in page  # narrowed to one company
+
+
+def test_a_run_that_wrote_nothing_or_is_still_running_is_not_reverted(client, login_as, reviewed_run):
+    login_as("billing")
+    answer = client.post(f"/runs/{reviewed_run.id}/revert", follow_redirects=True)
+    assert "wrote nothing to the PSA: there is nothing to revert" in answer.text
+    assert "Revert this run" not in answer.text
+    reviewed_run.state = "running"
+    db.session.commit()
+    answer = client.post(f"/runs/{reviewed_run.id}/revert", follow_redirects=True)
+    assert "still running" in answer.text
+    assert db.session.scalar(db.select(db.func.count(SyncRun.id))) == 1
+
+
+def test_a_revert_form_with_a_bad_company_is_a_clear_400(client, login_as, pushed_run):
+    login_as("billing")
+    assert client.post(f"/runs/{pushed_run.id}/revert", data={"company": "abc"}).status_code == 400

@@ -29,7 +29,16 @@ from .. import audit
 from ..connections import client_for, credential_view, get_integration, merge_credentials, save_credentials
 from ..extensions import db, htmx
 from ..inputs import db_int, page_number
-from ..models import Company, CompanyMapping, Integration, LineResult, Product, ProductMapping, SyncRun
+from ..models import (
+    AgreementOverride,
+    Company,
+    CompanyMapping,
+    Integration,
+    LineResult,
+    Product,
+    ProductMapping,
+    SyncRun,
+)
 from ..models._types import utcnow
 from ..psa_clients import PSA_KINDS, PsaError, ValidationFailed, client_class
 from ..queue import get_redis
@@ -623,6 +632,44 @@ def _agreements(integration: Integration, psa_company_id: str) -> list[dict[str,
         return [{"id": a.id, "name": a.name, "detail": a.detail} for a in client.list_agreements(psa_company_id)]
 
 
+def override_context(integration: Integration, mapping: CompanyMapping | None) -> dict[str, Any]:
+    """The mapped products, and which of them this company bills on another agreement than its mapping's."""
+    products = db.session.execute(
+        db.select(ProductMapping.product_id, Product.name).join(Product, Product.id == ProductMapping.product_id)
+        .where(ProductMapping.integration_id == integration.id).order_by(Product.name)).all()
+    overrides = {o.product_id: o.agreement_id for o in mapping.overrides} if mapping is not None else {}
+    return {"override_products": products, "overrides": overrides}
+
+
+def save_overrides(mapping: CompanyMapping, default: str, agreements: list[dict[str, str]], form) -> str | None:
+    """Per-product agreement overrides from the editor's form; an error sentence when one is not an active
+    agreement of the PSA company (the mapping is left as it was)."""
+    by_id = {a["id"]: a for a in agreements}
+    wanted: dict[int, dict[str, str]] = {}
+    for product_id, name in override_context(mapping.integration, None)["override_products"]:
+        chosen = (form.get(f"override-{product_id}") or "").strip()
+        if not chosen or chosen == default:
+            continue
+        if chosen not in by_id:
+            return f"The {name} override is not an active agreement of this company: pick another or the default."
+        wanted[product_id] = by_id[chosen]
+    current = {o.product_id: o for o in mapping.overrides}
+    if {p: o.agreement_id for p, o in current.items()} == {p: a["id"] for p, a in wanted.items()}:
+        return None
+    for product_id, override in current.items():
+        if product_id not in wanted:
+            mapping.overrides.remove(override)
+    for product_id, agreement in wanted.items():
+        override = current.get(product_id) or AgreementOverride(product_id=product_id)
+        override.agreement_id, override.agreement_name = agreement["id"], agreement["name"]
+        if product_id not in current:
+            mapping.overrides.append(override)
+    audit.record("company_mapping.overrides", mapping.company.name if mapping.company else "",
+                 f"Products billed on another agreement: {len(wanted)}",
+                 after={str(p): a["name"] for p, a in wanted.items()})
+    return None
+
+
 def _split_choice(value: str) -> tuple[str, str]:
     """PSA company options carry "id:name" so the name is saved without another PSA call."""
     psa_id, _, name = (value or "").partition(":")
@@ -640,7 +687,8 @@ def edit_company(kind: str, company_id: int):
         chosen_id, chosen_name = mapping.psa_company_id, mapping.psa_company_name
     context = _context(integration, company=company, mapping=mapping, search=search or "",
                        chosen_id=chosen_id, chosen_name=chosen_name, psa_companies=[], agreements=None,
-                       chosen_agreement=request.args.get("agreement") or (mapping.agreement_id if mapping else ""))
+                       chosen_agreement=request.args.get("agreement") or (mapping.agreement_id if mapping else ""),
+                       **override_context(integration, mapping))
     try:
         context["psa_companies"] = _psa_companies(integration, search or "")
         if chosen_id:
@@ -684,26 +732,31 @@ def save_company(kind: str, company_id: int):
     agreement_id = (request.form.get("agreement") or "").strip()
     error = None
     agreement = None
+    agreements: list[dict[str, str]] = []
     if not psa_company_id:
         error = f"Pick the {display_name(kind)} company."
     elif not agreement_id:
         error = f"Pick {words.an_agreement}: a mapping cannot be saved without one."
     else:
         try:
-            agreement = next((a for a in _agreements(integration, psa_company_id) if a["id"] == agreement_id), None)
+            agreements = _agreements(integration, psa_company_id)
+            agreement = next((a for a in agreements if a["id"] == agreement_id), None)
         except PsaError as exc:
             error = f"{exc.psa_message} {exc.hint}"
         else:
             if agreement is None:
                 error = f"That {words.agreement} is not an active {words.agreement} of this company any more."
+    mapping = mapping_for(integration, company, create=True) if not error else None
+    if mapping is not None:
+        error = save_overrides(mapping, agreement_id, agreements, request.form)
     if error:
+        db.session.rollback()
         if not htmx:
             flash(error, "error")
             return redirect(url_for(f"{kind}.edit_company", company_id=company.id,
                                     psa_company=request.form.get("psa_company", "")))
         mapping = mapping_for(integration, company)
-        agreements = None
-        if psa_company_id and agreement is None:
+        if psa_company_id and not agreements:
             try:
                 agreements = _agreements(integration, psa_company_id)
             except PsaError:
@@ -714,9 +767,9 @@ def save_company(kind: str, company_id: int):
             psa_companies = []
         return render_template("integrations/_company_editor.html", **_context(
             integration, company=company, mapping=mapping, search="", chosen_id=psa_company_id,
-            chosen_name=psa_company_name, psa_companies=psa_companies, agreements=agreements,
-            chosen_agreement="", save_error=error))
-    mapping = mapping_for(integration, company, create=True)
+            chosen_name=psa_company_name, psa_companies=psa_companies,
+            agreements=agreements if psa_company_id else None, chosen_agreement="", save_error=error,
+            **override_context(integration, mapping)))
     before = {"psa_company": mapping.psa_company_name, f"{words.agreement}": mapping.agreement_name}
     changed = (mapping.psa_company_id, mapping.agreement_id) != (psa_company_id, agreement_id)
     mapping.psa_company_id = psa_company_id

@@ -10,13 +10,15 @@ import csv
 import io
 
 from flask import Blueprint, Response, abort, flash, make_response, redirect, render_template, request, url_for
+from flask_login import current_user
 from sqlalchemy import func, select
 
 from ..extensions import db, htmx
 from ..inputs import db_int, page_number
 from ..models import Company, CompanyMapping, Integration, LineResult, Product, SyncRun
 from ..psa_clients import PSA_KINDS
-from ..sync import ACTIVE_RUN, LineAction, review_changes, verification_summary
+from ..sync import ACTIVE_RUN, LineAction, SyncUnavailable, review_changes, verification_summary
+from ..sync.revert import changed_since_lines, revertible_mapping_ids, start_revert
 
 bp = Blueprint("runs", __name__, url_prefix="/runs")
 
@@ -79,8 +81,32 @@ def detail(run_id: int):
     if company:
         companies = [c for c in companies if c["mapping_id"] == company]
     planned = sum(1 for c in companies for line, _ in c["lines"] if line.action == LineAction.PLANNED)
+    reverted_by = db.session.scalars(select(SyncRun).where(SyncRun.reverts_run_id == run.id)
+                                     .order_by(SyncRun.id)).all()
     return render_template("runs/detail.html", run=run, companies=companies, planned=planned, company=company,
-                           verification=verification_summary(run.id))
+                           verification=verification_summary(run.id), reverted_by=reverted_by,
+                           revertible=set(revertible_mapping_ids(run)) if run.state not in ACTIVE_RUN else set(),
+                           changed_since=changed_since_lines(run) if run.reverts_run_id else [])
+
+
+@bp.post("/<int:run_id>/revert")
+def revert(run_id: int):
+    """Revert the run, or the companies ticked (`company`); `overwrite=1` confirms writing over lines that
+    changed in the PSA since the run."""
+    run = _run_or_404(run_id)
+    ids = None
+    if "company" in request.form:
+        ids = request.form.getlist("company", type=db_int)
+        if not ids:
+            abort(400)
+    try:
+        revert_run = start_revert(run, user=current_user, mapping_ids=ids,
+                                  overwrite_changed=request.form.get("overwrite") == "1")
+    except SyncUnavailable as error:
+        flash(error.reason, "warning")
+        return redirect(url_for(".detail", run_id=run.id))
+    flash(f"Revert of run {run.id} started as run {revert_run.id}.", "success")
+    return redirect(url_for(".detail", run_id=revert_run.id))
 
 
 @bp.post("/<int:run_id>/review")

@@ -2,13 +2,14 @@
 
 from .alerts import AlertEvent, Channel, Delivery
 from .audit import AuditEvent
-from .integrations import CompanyMapping, Integration, ProductMapping
+from .integrations import AgreementOverride, CompanyMapping, Integration, ProductMapping
 from .organisation import Organisation
 from .seats import Company, CountOverride, MonthlyCount, Product, Seat
 from .sync import LineResult, PushIntent, SyncRun
 from .users import ApiToken, User
 
 __all__ = [
+    "AgreementOverride",
     "AlertEvent",
     "Channel",
     "Delivery",

@@ -87,6 +87,8 @@ class CompanyMapping(db.Model):
 
     integration: Mapped[Integration] = relationship()
     company = relationship("Company")
+    overrides: Mapped[list[AgreementOverride]] = relationship(
+        back_populates="mapping", cascade="all, delete-orphan", order_by="AgreementOverride.product_id")
 
     __table_args__ = (
         UniqueConstraint("integration_id", "company_id", name="uq_company_mappings_ic"),
@@ -96,3 +98,21 @@ class CompanyMapping(db.Model):
     @property
     def is_mapped(self) -> bool:
         return bool(self.psa_company_id and self.agreement_id)
+
+
+class AgreementOverride(db.Model):
+    """One product of one company billed on another agreement/contract of the same PSA company than the
+    mapping's default (PRODUCT.md §4b), e.g. backup seats on a separate agreement."""
+
+    __tablename__ = "agreement_overrides"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    company_mapping_id: Mapped[int] = mapped_column(ForeignKey("company_mappings.id", ondelete="CASCADE"))
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"))
+    agreement_id: Mapped[str] = mapped_column(String(64))
+    agreement_name: Mapped[str] = mapped_column(String(255), default="")
+
+    mapping: Mapped[CompanyMapping] = relationship(back_populates="overrides")
+    product = relationship("Product")
+
+    __table_args__ = (UniqueConstraint("company_mapping_id", "product_id", name="uq_agreement_overrides_mp"),)

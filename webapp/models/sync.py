@@ -10,7 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from ..extensions import db
 from ._types import UtcDateTime, utcnow
 
-TRIGGERS = ("schedule", "sync_now", "row", "cli", "api")
+TRIGGERS = ("schedule", "sync_now", "row", "cli", "api", "revert")
 
 
 class SyncRun(db.Model):
@@ -39,12 +39,17 @@ class SyncRun(db.Model):
     # Set by the job that must stop the run (rejected credentials); every job reads it at its next company.
     stop_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
     job_id: Mapped[str | None] = mapped_column(String(64))  # the planning job (webapp/sync/state.py JobRef)
+    # A revert run (trigger "revert"): the run whose written lines it puts back (webapp/sync/revert.py),
+    # and whether the admin confirmed writing over lines changed in the PSA since that run.
+    reverts_run_id: Mapped[int | None] = mapped_column(ForeignKey("sync_runs.id", ondelete="SET NULL"))
+    overwrite_changed: Mapped[bool] = mapped_column(default=False, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
 
     integration = relationship("Integration")
     requested_by = relationship("User")
+    reverts = relationship("SyncRun", remote_side=[id])
 
     __table_args__ = (Index("ix_sync_runs_integration_created", "integration_id", "created_at"),)
 

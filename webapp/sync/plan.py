@@ -39,6 +39,7 @@ class Change:
     changed_in_psa: bool = False
     last_written: float | None = None
     extra: dict = field(default_factory=dict)
+    agreement_id: str = ""  # the agreement the line is on (set by the caller: a company may span several)
 
     @property
     def before(self) -> float | None:

@@ -1,8 +1,13 @@
 """Pushing a batch of companies: read their lines, plan, write, record, retry, read back.
 
-The one write path: a normal run, an approved review and a takeover after a dead worker all go
-through `Pusher.push` — plan → intent → write → record (record.py), so exactly-once and recording
-hold for each.
+The one write path: a normal run, an approved review, a revert and a takeover after a dead worker all
+go through `Pusher.push` — plan → intent → write → record (record.py), so exactly-once and recording
+hold for each. They differ only in the targets a company gets (`companies`): its counts, the approved
+lines, or the "before" quantities of the run being reverted.
+
+A company spans one or more agreements: its mapping's agreement, and the agreements some of its
+products are billed on instead (per-product overrides). Each agreement is read, planned and written
+on its own (one batched write per agreement); the company is recorded once all of them are settled.
 
 - Reads are batched (one `read_lines` for the companies due); a failed batch read is retried as a
   batch, and only a permanent failure (one agreement gone) falls back to reading company by company.
@@ -34,7 +39,7 @@ from sqlalchemy import select
 from .. import audit
 from ..connections import client_for
 from ..extensions import db
-from ..models import CompanyMapping, Integration, LineResult, Product, ProductMapping
+from ..models import AgreementOverride, CompanyMapping, Integration, LineResult, Product, ProductMapping
 from ..models._types import utcnow
 from ..psa_clients.base import (
     CredentialsRejected,
@@ -70,17 +75,34 @@ def write_parallelism(client: PsaClient) -> int:
     return max(1, int(client.concurrency_per_endpoint or UNDOCUMENTED_CONCURRENCY))
 
 
+Key = tuple[str, str]  # a line of a company: (agreement, PSA product)
+# How a revert puts back a line, by what the reverted run did to it (shown with the line).
+REVERT_NOTES = {
+    LineAction.CREATED: "this line was created by the reverted run: set to 0, not deleted",
+    # ConnectWise keep history: the client has no call that takes a cancellation back, so the addition the
+    # run added carries the earlier quantity again (the invoice is the same) and the history shows both.
+    LineAction.REPLACED: "the reverted run cancelled the earlier addition and added this one (history kept): "
+                         "this one is set back to {before:g}; the cancelled one stays in the history",
+}
+
+
 @dataclass
 class Company:
-    """One company being pushed: what it must bill and what is settled so far."""
+    """One company being pushed: what it must bill on each agreement and what is settled so far."""
 
     ref: MappingRef
-    targets: list[planning.ProductTarget]
+    spans: dict[str, list[planning.ProductTarget]]  # agreement → targets; the mapping's own agreement first
     unmapped: list[tuple[int, str, int]]
-    last_written: dict[str, float]
-    approved: dict[str, LineResult] = field(default_factory=dict)  # review: approved rows by PSA product
+    last_written: dict[str, dict[str, float]]  # agreement → PSA product → quantity SeatSync last left
+    approved: dict[Key, LineResult] = field(default_factory=dict)  # review: approved rows by line
     kept: list[LineResult] = field(default_factory=list)
-    settled: dict[str, LineResult] = field(default_factory=dict)  # by PSA product ("" + id: unmapped)
+    settled: dict[Key, LineResult] = field(default_factory=dict)  # by line (("", "unmapped:id"), ("", ""))
+    # A revert: per line, the quantity the reverted run left (a line holding another changed since), and
+    # what the line's record says about how it is put back (created lines: zero, never deleted).
+    expected: dict[Key, float | None] | None = None
+    notes: dict[Key, str] = field(default_factory=dict)
+    sending: int = 0  # writes of this company in flight (one per agreement)
+    transient: PsaError | None = None  # a write that failed transiently in this attempt
     attempts: int = 0
     first_failure: float | None = None
     due: float = 0.0
@@ -101,6 +123,7 @@ class Pusher:
     def __init__(self, run, integration: Integration, leases: Leases, *, job_id: str | None,
                  client: PsaClient | None = None, sleep: Callable[[float], None] = time.sleep):
         self.run_id, self.month, self.review = run.id, run.month, bool(run.dry_run)
+        self.reverts, self.overwrite_changed = run.reverts_run_id, bool(run.overwrite_changed)
         self.integration_id, self.kind = integration.id, integration.kind
         self.job_id = job_id
         self.leases = leases
@@ -140,30 +163,68 @@ class Pusher:
         unmapped_ids = {pid for (_, pid), n in counts.items() if n and pid not in mapped}
         names = dict(db.session.execute(select(Product.id, Product.name).where(Product.id.in_(unmapped_ids))).all()) \
             if unmapped_ids else {}
-        last = record.last_written([r.id for r in refs])
-        approved = record.approved_lines(self.run_id, [r.id for r in refs])
-        self.intents = self.recorder.pending_intents([r.agreement_id for r in refs])
+        ids = [r.id for r in refs]
+        last = record.last_written(ids)
+        approved = record.approved_lines(self.run_id, ids)
+        reverted = record.written_lines(self.reverts, ids) if self.reverts else {}
+        overrides = self.overrides(ids)
         by_company: dict[int, dict[int, int]] = {}
         for (company_id, product_id), n in counts.items():  # grouped once, not scanned per company
             by_company.setdefault(company_id, {})[product_id] = n
         out = []
         for ref in refs:
             company_counts = by_company.get(ref.company_id, {})
-            company = Company(ref, planning.product_targets(company_counts, self.product_maps),
+            company = Company(ref, self.spans(ref, company_counts, overrides.get(ref.id, {})),
                               [(pid, names.get(pid, str(pid)), n) for pid, n in company_counts.items()
                                if pid in unmapped_ids and n], last.get(ref.id, {}))
-            if ref.id in approved:
+            if self.reverts:
+                self.revert_only(company, reverted.get(ref.id, []))
+            elif ref.id in approved:
                 self.approve_only(company, approved[ref.id])
             out.append(company)
+        self.intents = self.recorder.pending_intents(sorted({a for c in out for a in c.spans}))
         return out
+
+    def overrides(self, mapping_ids: list[int]) -> dict[int, dict[int, str]]:
+        """Per mapping, the products billed on another agreement than the mapping's: {product id: agreement}."""
+        out: dict[int, dict[int, str]] = {}
+        for mapping_id, product_id, agreement_id in db.session.execute(
+                select(AgreementOverride.company_mapping_id, AgreementOverride.product_id,
+                       AgreementOverride.agreement_id).where(AgreementOverride.company_mapping_id.in_(mapping_ids))):
+            out.setdefault(mapping_id, {})[product_id] = agreement_id
+        return out
+
+    def spans(self, ref: MappingRef, counts: dict[int, int], overrides: dict[int, str]):
+        """Agreement → targets: each mapped product on its override agreement, the others on the mapping's."""
+        by_agreement: dict[str, list] = {ref.agreement_id: []}
+        for row in self.product_maps:
+            by_agreement.setdefault(overrides.get(row[0], ref.agreement_id), []).append(row)
+        return {agreement: planning.product_targets(counts, maps) for agreement, maps in by_agreement.items()}
 
     def approve_only(self, company: Company, rows: list[LineResult]) -> None:
         """An approval pass: push exactly the approved targets; this run's other rows stay as they are."""
-        company.approved = {row.psa_product_id: row for row in rows}
-        company.targets = [planning.ProductTarget(row.psa_product_id, int(row.target or 0),
-                                                  (row.product_id,) if row.product_id else ()) for row in rows]
+        company.approved = {(row.agreement_id, row.psa_product_id): row for row in rows}
+        company.spans = targets_by_agreement(rows, lambda row: int(row.target or 0))
         company.unmapped = []
         company.kept = record.kept_lines(self.run_id, company.ref.id, [row.id for row in rows])
+
+    def revert_only(self, company: Company, rows: list[tuple[LineResult, float | None]]) -> None:
+        """A revert: put back the quantity each line written by the reverted run held before it; a line it
+        created goes to zero (never deleted). A line whose earlier quantity nobody knows is reported, not written."""
+        known = {row.id: before for row, before in rows if before is not None}
+        company.spans = targets_by_agreement([row for row, _ in rows if row.id in known], lambda r: int(known[r.id]))
+        company.unmapped = []
+        company.expected = {(row.agreement_id, row.psa_product_id): row.after for row, _ in rows}
+        company.notes = {(row.agreement_id, row.psa_product_id): REVERT_NOTES[row.action].format(before=before)
+                         for row, before in rows if row.action in REVERT_NOTES and before is not None}
+        for row, _ in rows:
+            if row.id not in known:
+                change = Change(row.psa_product_id, row.product_id, None, planning.ATTENTION,
+                                agreement_id=row.agreement_id,
+                                message=f"the quantity before run {self.reverts} is unknown: this PSA cannot read it "
+                                        "back and SeatSync had not written this line before; not reverted")
+                company.settled[line_key(change)] = self.recorder.result(
+                    company.ref, change, action=LineAction.NEEDS_ATTENTION, hint="Set the line in the PSA by hand.")
 
     # -- the loop ----------------------------------------------------------------------------------
     def push(self, mapping_ids: list[int]) -> None:
@@ -198,15 +259,19 @@ class Pusher:
     def send_due(self, pool: ThreadPoolExecutor, due: list[Company], lookahead: int) -> list[Company]:
         """Read the due companies' lines in one batch, then plan and send chunk by chunk; returns those to retry."""
         lines, retry = self.read(due)
-        due = [c for c in due if c.ref.agreement_id in lines]  # the others were retried or settled
+        due = [c for c in due if all(a in lines for a in c.spans)]  # the others were retried or settled
         for start in range(0, len(due), lookahead):
             chunk = [(c, self.plan(c, lines)) for c in due[start:start + lookahead]]
             db.session.commit()  # the intents are recorded before they are sent
             for company, writes in chunk:
-                if writes:
-                    batch = [QuantityChange(ch.psa_product_id, int(ch.target), ch.line) for ch, _ in writes]
-                    self.in_flight[pool.submit(self.send, company.ref.agreement_id, batch)] = (company, writes)
-                else:
+                by_agreement: dict[str, list[tuple[Change, object]]] = {}
+                for change, intent in writes:
+                    by_agreement.setdefault(change.agreement_id, []).append((change, intent))
+                company.sending, company.transient = len(by_agreement), None
+                for agreement_id, group in by_agreement.items():
+                    batch = [QuantityChange(ch.psa_product_id, int(ch.target), ch.line) for ch, _ in group]
+                    self.in_flight[pool.submit(self.send, agreement_id, batch)] = (company, group)
+                if not writes:
                     self.done(company)
             retry += self.collect(timeout=0)
             while len(self.in_flight) >= lookahead:
@@ -217,7 +282,7 @@ class Pusher:
     def read(self, due: list[Company]) -> tuple[dict[str, list[Line]], list[Company]]:
         """One batched read of the due companies' lines; (lines, companies to try again later)."""
         try:
-            return self.client.read_lines([c.ref.agreement_id for c in due], self.on, self.psa_product_ids), []
+            return self.client.read_lines([a for c in due for a in c.spans], self.on, self.psa_product_ids), []
         except CredentialsRejected as error:
             self.reject(error)
         except TransientError as error:
@@ -228,7 +293,7 @@ class Pusher:
         lines, retry = {}, []
         for company in due:
             try:
-                lines.update(self.client.read_lines([company.ref.agreement_id], self.on, self.psa_product_ids))
+                lines.update(self.client.read_lines(list(company.spans), self.on, self.psa_product_ids))
             except CredentialsRejected as error:
                 self.reject(error)
             except PsaError as error:
@@ -238,30 +303,42 @@ class Pusher:
 
     def plan(self, company: Company, lines: dict[str, list[Line]]) -> list[tuple[Change, object]]:
         """Settle what needs no write; return (change, intent) of the writes, intents prepared."""
-        if company.ref.agreement_id not in lines:
+        if any(a not in lines for a in company.spans):
             return []  # its read failed: settled as an error, or waiting to try again
         try:
-            changes = planning.plan_agreement(
-                company.targets, lines[company.ref.agreement_id], create_missing_lines=self.create_missing,
-                last_written=company.last_written, unmapped=company.unmapped)
             writes = []
-            for change in changes:
-                key = change.psa_product_id or f"unmapped:{change.product_id}"
+            for change in self.changes(company, lines):
+                key = line_key(change)
                 if key in company.settled:
                     continue
                 done = self.decide(company, change)
                 if done is None:
-                    writes.append((change, self.recorder.prepare_intent(company.ref.agreement_id, change,
-                                                                        self.intents)))
+                    writes.append((change, self.recorder.prepare_intent(change.agreement_id, change, self.intents)))
                 else:
                     company.settled[key] = done
             return writes
         except Exception as error:  # one company's bug or bad data must not stop the others
             log.exception("planning company mapping %s failed", company.ref.id)
-            company.settled = {"": self.recorder.company_error(
+            company.settled = {("", ""): self.recorder.company_error(
                 company.ref, f"SeatSync failed to push this company: {type(error).__name__}",
                 "The next sync retries; if it keeps failing, report it.")}
             return []
+
+    def changes(self, company: Company, lines: dict[str, list[Line]]) -> list[Change]:
+        """The changes of each agreement the company spans (unmapped products reported once, on its own)."""
+        out = []
+        # A revert plans a missing line as created, so `changed_since` reports it removed since the run.
+        create_missing = self.create_missing or company.expected is not None
+        for agreement_id, targets in company.spans.items():
+            own = agreement_id == company.ref.agreement_id
+            for change in planning.plan_agreement(
+                    targets, lines[agreement_id], create_missing_lines=create_missing,
+                    last_written=company.last_written.get(agreement_id, {}), unmapped=company.unmapped if own else ()):
+                change.agreement_id = agreement_id if change.psa_product_id else company.ref.agreement_id
+                if line_key(change) in company.notes and change.writes:
+                    change.message = company.notes[line_key(change)]
+                out.append(change)
+        return out
 
     def decide(self, company: Company, change: Change) -> LineResult | None:
         """The line's result when nothing is to be written now; None when it must be written."""
@@ -272,11 +349,18 @@ class Pusher:
                 else "Map the product, or add the line in the PSA, then sync again.")
             return self.recorder.result(mapping, change, action=LineAction.NEEDS_ATTENTION, hint=hint)
         if change.kind == planning.NONE:
-            intent = self.intents.pop((mapping.agreement_id, change.psa_product_id), None)
+            intent = self.intents.pop((change.agreement_id, change.psa_product_id), None)
             if intent is not None and change.target is not None and change.before == change.target:
                 return self.recorder.completed(mapping, change, intent)
             return self.recorder.result(mapping, change, action=LineAction.NONE, after=change.before)
-        if not company.approved and planning.needs_approval(
+        if company.expected is not None and not self.overwrite_changed:
+            drift = changed_since(company.expected.get(line_key(change)), change, self.reverts)
+            if drift:
+                return self.recorder.result(mapping, change, action=LineAction.CHANGED_SINCE, message=drift,
+                                            changed_in_psa=False,  # the action says it, with the reverted run's figure
+                                            hint="Check the line in the PSA; to put it back anyway, confirm the "
+                                                 "revert of these lines on this page.")
+        if not company.approved and company.expected is None and planning.needs_approval(
                 change, review_before_push=self.review, decreases_need_approval=self.decreases_need_approval):
             return self.recorder.result(mapping, change, action=LineAction.PLANNED,
                                         message=change.message or ("decrease: needs approval"
@@ -301,12 +385,13 @@ class Pusher:
         retry = []
         for future in done:
             company, writes = self.in_flight.pop(future)
-            if self.collect_company(company, writes, future):
+            if self.collect_agreement(company, writes, future):
                 retry.append(company)
         return retry
 
-    def collect_company(self, company: Company, writes, future: Future) -> bool:
-        """Settle a company's written lines; True when it must be tried again."""
+    def collect_agreement(self, company: Company, writes, future: Future) -> bool:
+        """Settle the lines written on one of a company's agreements; once all its agreements are back, True
+        when it must be tried again (else it is done)."""
         try:
             outcomes = future.result()
         except Exception as error:  # a client bug: the intents stay pending, the next run re-reads
@@ -314,18 +399,20 @@ class Pusher:
             outcomes = [PsaError(f"SeatSync failed to write: {type(error).__name__}")] * len(writes)
         if outcomes is None:  # not sent: the run was stopped; release_stopped closes the company
             return False
-        transient = None
+        company.sending -= 1
         for (change, intent), outcome in zip(writes, outcomes, strict=True):
             if isinstance(outcome, CredentialsRejected):
                 self.reject(outcome, raise_stop=False)
             if isinstance(outcome, TransientError) and not self.stop.is_set():
-                transient = outcome  # the intent stays pending: the next attempt re-reads, writes what is missing
+                company.transient = outcome  # the intent stays pending: the next attempt re-reads, writes the rest
             elif isinstance(outcome, PsaError):
-                company.settled[change.psa_product_id] = self.recorder.error_result(company.ref, change, outcome)
+                company.settled[line_key(change)] = self.recorder.error_result(company.ref, change, outcome)
             else:
-                company.settled[change.psa_product_id] = self.recorder.written(company.ref, change, intent, outcome)
-        if transient is not None:
-            return self.failed(company, None, transient)
+                company.settled[line_key(change)] = self.recorder.written(company.ref, change, intent, outcome)
+        if company.sending > 0:
+            return False
+        if company.transient is not None:
+            return self.failed(company, None, company.transient)
         self.done(company)
         return False
 
@@ -340,7 +427,7 @@ class Pusher:
             ceiling = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (company.attempts - 1))
             company.due = now + random.uniform(ceiling / 2, ceiling)
             return True
-        company.settled[""] = self.recorder.error_result(company.ref, change, error)
+        company.settled["", ""] = self.recorder.error_result(company.ref, change, error)
         self.done(company)
         return False
 
@@ -361,7 +448,7 @@ class Pusher:
         self.recorder.finish(self.finished, job_id=self.job_id)
         db.session.flush()
         for ref, results in self.unverified.items():  # plain values: the rows leave the session below
-            self.to_verify[ref] = [(r.id, r.psa_product_id, int(r.target)) for r in results]
+            self.to_verify[ref] = [(r.id, r.agreement_id, r.psa_product_id, int(r.target)) for r in results]
         self.unverified.clear()
         db.session.commit()
         for item in self.finished:
@@ -377,8 +464,9 @@ class Pusher:
         if not self.to_verify:
             return
         refs = list(self.to_verify)
+        agreements = sorted({agreement for rows in self.to_verify.values() for _, agreement, _, _ in rows})
         try:
-            lines = self.client.read_lines([r.agreement_id for r in refs], self.on, self.psa_product_ids)
+            lines = self.client.read_lines(agreements, self.on, self.psa_product_ids)
         except PsaError as error:
             log.warning("reading back %d companies failed (%s); their lines stay unverified", len(refs), error)
             return
@@ -417,6 +505,33 @@ class Pusher:
         self.recorder.finish([CompanyRecord(ref, [self.recorder.company_error(ref, reason, hint)]) for ref in refs],
                              job_id=self.job_id)
         db.session.commit()
+
+
+def line_key(change: Change) -> Key:
+    return (change.agreement_id, change.psa_product_id or f"unmapped:{change.product_id}")
+
+
+def targets_by_agreement(rows: list[LineResult], target: Callable[[LineResult], int]):
+    """Agreement → targets of recorded lines (an approval's, or a reverted run's)."""
+    spans: dict[str, list[planning.ProductTarget]] = {}
+    for row in rows:
+        spans.setdefault(row.agreement_id, []).append(planning.ProductTarget(
+            row.psa_product_id, target(row), (row.product_id,) if row.product_id else ()))
+    return spans
+
+
+def changed_since(expected: float | None, change: Change, run_id: int) -> str:
+    """Why a line is not reverted: it holds something else than the reverted run left ("" when it does not).
+    Where the PSA cannot read the quantity (Kaseya BMS), what SeatSync last wrote there stands in for it."""
+    if not change.writes or expected is None:
+        return ""
+    if change.kind == planning.CREATE:
+        return f"removed from the PSA since run {run_id}: that run left {expected:g}; not recreated"
+    held = change.before if change.before is not None else change.last_written
+    if held is None or float(held) == float(expected):
+        return ""
+    return (f"changed in the PSA since run {run_id}: that run left {expected:g}, the line holds {held:g} now; "
+            "not reverted")
 
 
 def credentials_failed(integration_id: int, run_id: int, error: CredentialsRejected) -> None:

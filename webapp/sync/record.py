@@ -23,7 +23,7 @@ from . import state
 from .plan import Change
 from .state import CompanyStatus, LineAction, Verification
 
-Written = tuple[int, str, int]  # a written line to read back: (line result id, PSA product id, target)
+Written = tuple[int, str, str, int]  # a written line to read back: (line result id, agreement, PSA product, target)
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class Recorder:
         values.setdefault("hint", "")
         return LineResult(
             run_id=self.run_id, company_mapping_id=mapping.id, product_id=change.product_id,
-            psa_product_id=change.psa_product_id, agreement_id=mapping.agreement_id,
+            psa_product_id=change.psa_product_id, agreement_id=change.agreement_id or mapping.agreement_id,
             line_id=values.pop("line_id", line.line_id if line is not None else None),
             before=before, target=change.target, changed_in_psa=changed_in_psa,
             message=message, psa_response=values.pop("psa_response", ""), **values,
@@ -163,10 +163,9 @@ class Recorder:
         """Compare each written line with what the PSA holds now; a mismatch makes its company need
         attention. The caller commits."""
         for mapping, results in written.items():
-            current = lines.get(mapping.agreement_id, [])
             verified, mismatched = [], []
-            for result_id, psa_product_id, target in results:
-                held = [ln.quantity for ln in current if ln.product_id == psa_product_id]
+            for result_id, agreement_id, psa_product_id, target in results:
+                held = [ln.quantity for ln in lines.get(agreement_id, []) if ln.product_id == psa_product_id]
                 if len(held) == 1 and held[0] is not None and float(held[0]) == float(target):
                     verified.append({"id": result_id, "verification": Verification.VERIFIED})
                     continue
@@ -181,21 +180,21 @@ class Recorder:
                                  f"{len(mismatched)} line(s) differ from what was written when read back.")
 
 
-def last_written(mapping_ids: list[int]) -> dict[int, dict[str, float]]:
-    """Per mapping, per PSA product: the quantity SeatSync last left on the line."""
+def last_written(mapping_ids: list[int]) -> dict[int, dict[str, dict[str, float]]]:
+    """Per mapping, per agreement, per PSA product: the quantity SeatSync last left on the line."""
     latest = (
         select(func.max(LineResult.id))
         .where(LineResult.company_mapping_id.in_(mapping_ids), LineResult.after.is_not(None),
                LineResult.action.in_((LineAction.NONE, *state.WRITTEN)), LineResult.psa_product_id != "")
-        .group_by(LineResult.company_mapping_id, LineResult.psa_product_id)
+        .group_by(LineResult.company_mapping_id, LineResult.agreement_id, LineResult.psa_product_id)
     )
     rows = db.session.execute(
-        select(LineResult.company_mapping_id, LineResult.psa_product_id, LineResult.after)
+        select(LineResult.company_mapping_id, LineResult.agreement_id, LineResult.psa_product_id, LineResult.after)
         .where(LineResult.id.in_(latest))
     )
-    out: dict[int, dict[str, float]] = defaultdict(dict)
-    for mapping_id, psa_product_id, after in rows:
-        out[mapping_id][psa_product_id] = after
+    out: dict[int, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for mapping_id, agreement_id, psa_product_id, after in rows:
+        out[mapping_id][agreement_id][psa_product_id] = after
     return out
 
 
@@ -207,6 +206,27 @@ def approved_lines(run_id: int, mapping_ids: list[int]) -> dict[int, list[LineRe
             LineResult.action == LineAction.APPROVED)):
         out[row.company_mapping_id].append(row)
     return out
+
+
+def written_lines(run_id: int, mapping_ids: list[int]) -> dict[int, list[tuple[LineResult, float | None]]]:
+    """Per company, the lines a run wrote to the PSA, each with the quantity it held before (0 for a line the
+    run created; None when nobody knows: see `left_before`) — what a revert of the run puts back."""
+    out: dict[int, list[tuple[LineResult, float | None]]] = defaultdict(list)
+    for row in db.session.scalars(select(LineResult).where(
+            LineResult.run_id == run_id, LineResult.company_mapping_id.in_(mapping_ids),
+            LineResult.action.in_(state.WRITTEN), LineResult.psa_product_id != "").order_by(LineResult.id)):
+        before = 0.0 if row.action == LineAction.CREATED else row.before
+        out[row.company_mapping_id].append((row, before if before is not None else left_before(row)))
+    return out
+
+
+def left_before(row: LineResult) -> float | None:
+    """Where the PSA cannot read a quantity back (Kaseya BMS Units): what SeatSync had left on the line before
+    this row's write, if it ever wrote there."""
+    return db.session.scalar(select(LineResult.after).where(
+        LineResult.company_mapping_id == row.company_mapping_id, LineResult.agreement_id == row.agreement_id,
+        LineResult.psa_product_id == row.psa_product_id, LineResult.id < row.id, LineResult.after.is_not(None),
+        LineResult.action.in_((LineAction.NONE, *state.WRITTEN))).order_by(LineResult.id.desc()).limit(1))
 
 
 def kept_lines(run_id: int, mapping_id: int, replaced: list[int]) -> list[LineResult]:

@@ -61,6 +61,7 @@ class LineAction(StrEnum):
     PLANNED = "planned"  # review before push: waits for an admin
     APPROVED = "approved"  # approved, its push still to come
     DISMISSED = "dismissed"
+    CHANGED_SINCE = "changed_since"  # a revert: the line changed in the PSA since the reverted run, not written
 
 
 class Verification(StrEnum):
@@ -100,6 +101,7 @@ WORDS = {
     LineAction.NEEDS_ATTENTION: "needs attention",
     LineAction.PLANNED: "waiting for approval",
     LineAction.APPROVED: "approved, pushing",
+    LineAction.CHANGED_SINCE: "changed since, not reverted",
     Verification.MISMATCH: "PSA differs",
     Verification.NOT_VERIFIABLE: "not verifiable",
 }
@@ -108,7 +110,7 @@ TONES = {
                      Verification.VERIFIED), "ok"),
     **dict.fromkeys((CompanyStatus.QUEUED, CompanyStatus.SYNCING, RunState.RUNNING, LineAction.APPROVED), "live"),
     **dict.fromkeys((CompanyStatus.NEEDS_ATTENTION, RunState.AWAITING_REVIEW, LineAction.NEEDS_ATTENTION,
-                     LineAction.PLANNED), "attention"),
+                     LineAction.PLANNED, LineAction.CHANGED_SINCE), "attention"),
     **dict.fromkeys((CompanyStatus.ERROR, RunState.FAILED, Verification.MISMATCH), "error"),
     **dict.fromkeys((CompanyStatus.EXCLUDED, CompanyStatus.DISABLED, CompanyStatus.NEVER_SYNCED, RunState.CANCELLED,
                      LineAction.DISMISSED, Verification.NOT_VERIFIABLE), "muted"),
@@ -408,7 +410,8 @@ def company_outcome(actions: Iterable[str], verifications: Iterable[str | None] 
     actions = set(actions)
     if LineAction.ERROR in actions:
         return CompanyStatus.ERROR
-    if actions & {LineAction.NEEDS_ATTENTION, LineAction.PLANNED, LineAction.APPROVED, LineAction.DISMISSED} \
+    if actions & {LineAction.NEEDS_ATTENTION, LineAction.PLANNED, LineAction.APPROVED, LineAction.DISMISSED,
+                  LineAction.CHANGED_SINCE} \
             or Verification.MISMATCH in set(verifications):
         return CompanyStatus.NEEDS_ATTENTION
     if actions & set(WRITTEN):
@@ -434,6 +437,9 @@ def status_reason(results: Sequence[LineResult], outcome: CompanyStatus) -> str:
     other = [r.message for r in results if r.action == LineAction.NEEDS_ATTENTION and r.psa_product_id]
     mismatched = [r.message for r in results if r.verification == Verification.MISMATCH]
     parts += other[:1] + mismatched[:1]
+    changed = sum(1 for r in results if r.action == LineAction.CHANGED_SINCE)
+    if changed:
+        parts.append(f"{changed} line(s) changed in the PSA since the reverted run: not reverted")
     dismissed = sum(1 for r in results if r.action == LineAction.DISMISSED)
     if dismissed:
         parts.append(f"{dismissed} change(s) dismissed on review; the PSA still differs")
