@@ -51,6 +51,12 @@ def create_app(overrides: dict | None = None, environ: dict | None = None) -> Fl
     app.after_request(security.security_headers)
     register_blueprints(app)
 
+    from .alerts import init_alerts
+    from .observability import init_observability
+
+    init_alerts(app)
+    init_observability(app)
+
     from .cli import register_cli
 
     register_cli(app)

@@ -11,6 +11,11 @@ import json
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from flask import current_app
 
+from .psa_clients.scrub import Scrubber
+
+# Every secret this process decrypted: error reports (webapp/observability.py) mask them in every form.
+DECRYPTED = Scrubber()
+
 
 def _fernet() -> MultiFernet:
     return MultiFernet([Fernet(key.encode()) for key in current_app.config["ENCRYPTION_KEYS"]])
@@ -29,9 +34,11 @@ def decrypt_json(token: str | None) -> dict:
     if not token:
         return {}
     try:
-        return json.loads(_fernet().decrypt(token.encode()))
+        values = json.loads(_fernet().decrypt(token.encode()))
     except InvalidToken:
         raise RuntimeError("Stored credentials cannot be decrypted with the configured ENCRYPTION_KEY.") from None
+    DECRYPTED.add(*(v for v in values.values() if isinstance(v, str)))
+    return values
 
 
 def rotate(token: str) -> str:

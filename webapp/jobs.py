@@ -25,7 +25,10 @@ def on_cron_tick(func):
 
 def cron_tick() -> list[str]:
     """Runs every minute from the clock process (or the embedded thread)."""
+    from .queue import record_tick
+
     now = utcnow()
+    record_tick(now)
     done = []
     for handler in TICK_HANDLERS:
         try:

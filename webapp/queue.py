@@ -52,6 +52,15 @@ def register_cron(cron: CronScheduler, queue_name: str) -> None:
     cron.register(cron_tick, queue_name=queue_name, interval=CRON_TICK_SECONDS, name="cron_tick")
 
 
+def last_tick_key() -> str:
+    return f"seatsync:{current_app.config['QUEUE_NAME']}:last-tick"
+
+
+def record_tick(now) -> None:
+    """The clock's heartbeat, read by /readyz: when a cron tick last ran."""
+    get_redis().set(last_tick_key(), f"{now.timestamp():.3f}", ex=7 * 24 * 3600)
+
+
 def enqueue(func, *args, job_id: str | None = None, **kwargs):
     """Enqueue a job; in embedded mode make sure the worker thread is running."""
     ensure_embedded_worker(current_app._get_current_object())

@@ -128,5 +128,32 @@ def load_settings(instance_path: str, environ: dict[str, str] | None = None) -> 
         OIDC_DEFAULT_ROLE=env.get("OIDC_DEFAULT_ROLE", "viewer"),
         OIDC_ROLE_MAP=_role_map(env.get("OIDC_ROLE_MAP", "")),
         QUEUE_NAME=env.get("QUEUE_NAME", "seatsync"),
+        # Alerts (webapp/alerts): outgoing mail, delivery retries, pausing a failing channel.
+        SMTP_URL=env.get("SMTP_URL") or _smtp_url(env),
+        MAIL_FROM=env.get("MAIL_FROM", "seatsync@localhost"),
+        ALERT_ATTEMPTS=int(env.get("ALERT_ATTEMPTS") or 5),
+        ALERT_RETRY_SECONDS=float(env.get("ALERT_RETRY_SECONDS") or 30),
+        ALERT_PAUSE_AFTER=int(env.get("ALERT_PAUSE_AFTER") or 3),
+        ALERT_DEBOUNCE_MINUTES=int(env.get("ALERT_DEBOUNCE_MINUTES") or 360),
+        ALERT_DIGEST_HOUR=int(env.get("ALERT_DIGEST_HOUR") or 8),
+        METRICS_TOKEN=env.get("METRICS_TOKEN") or None,
+        READY_TICK_MAX_SECONDS=int(env.get("READY_TICK_MAX_SECONDS") or 300),
+        SENTRY_DSN=env.get("SENTRY_DSN") or None,
     )
     return settings
+
+
+def _smtp_url(env: dict[str, str]) -> str | None:
+    """SMTP_HOST/PORT/USER/PASSWORD/TLS as one SMTP_URL (smtp:// with STARTTLS, smtps:// for implicit TLS)."""
+    from urllib.parse import quote
+
+    host = env.get("SMTP_HOST")
+    if not host:
+        return None
+    tls = (env.get("SMTP_TLS") or "starttls").lower()
+    scheme = {"ssl": "smtps", "tls": "smtps", "smtps": "smtps", "none": "smtp+plain", "off": "smtp+plain"}.get(
+        tls, "smtp")
+    user = env.get("SMTP_USER", "")
+    login = f"{quote(user, safe='')}:{quote(env.get('SMTP_PASSWORD', ''), safe='')}@" if user else ""
+    port = f":{env['SMTP_PORT']}" if env.get("SMTP_PORT") else ""
+    return f"{scheme}://{login}{host}{port}"

@@ -40,11 +40,11 @@ def psa_name(kind: str) -> str:
 # Every status word SeatSync shows and its colour, the same on every page: the sync engine's values
 # (run state, company status, line action, read-back) from its state module, the few others here.
 TONES: dict[str, tuple[str, ...]] = {
-    "ok": ("ok", "connected", "enabled", "active", "saved", "up to date", "unchanged"),
-    "live": ("pending",),
+    "ok": ("ok", "connected", "enabled", "active", "saved", "up to date", "unchanged", "sent"),
+    "live": ("pending", "retrying"),
     "attention": ("rotation pending", "partial"),
-    "error": ("failing", "credentials failing"),
-    "muted": ("not set up", "unverified", "deactivated", "revoked", "skipped"),
+    "error": ("failing", "credentials failing", "paused"),
+    "muted": ("not set up", "unverified", "deactivated", "revoked", "skipped", "digest", "digested", "disabled"),
 }
 TONE_OF = {word: tone for tone, words in TONES.items() for word in words}
 

@@ -9,12 +9,13 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(auth.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(dashboard.bp)
-    from . import audit, oidc, settings, system, users
+    from . import audit, notifications, oidc, settings, system, users
 
     app.register_blueprint(audit.bp)
     app.register_blueprint(oidc.bp)
     app.register_blueprint(users.bp)
     app.register_blueprint(settings.bp)
+    app.register_blueprint(notifications.bp)
     app.register_blueprint(system.bp)
     from . import autotask, connectwise, halopsa, integrations, kaseya_bms
 

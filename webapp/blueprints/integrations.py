@@ -548,6 +548,14 @@ def save_schedule(kind: str):
         category="error" if error else "success")
 
 
+def whole_number(value: str | None, default: int) -> int:
+    """A threshold typed in a form: a whole number from 0 to 1,000,000; anything else keeps the default."""
+    try:
+        return min(max(int(value or ""), 0), 1_000_000)
+    except ValueError:
+        return default
+
+
 def save_options(kind: str):
     integration = get_integration(kind)
     words = WORDS[kind]
@@ -558,6 +566,8 @@ def save_options(kind: str):
     for name in ("create_missing_lines", "review_before_push", "decreases_need_approval"):
         after[name] = request.form.get(name) == "on"
     after["keep_history"] = words.keep_history and request.form.get("keep_history") == "on"
+    for name in ("alert_swing_percent", "alert_swing_units"):
+        after[name] = whole_number(request.form.get(name), integration.option(name))
     if after != before:
         integration.options = after
         audit.record("integration.options", kind, f"{display_name(kind)} options saved", before=before, after=after)

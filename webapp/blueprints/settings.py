@@ -15,7 +15,7 @@ from flask_login import current_user
 from .. import crypto
 from ..audit import record
 from ..extensions import db
-from ..models import ApiToken, Integration, Organisation, User
+from ..models import ApiToken, Channel, Integration, Organisation, User
 from ..models._types import utcnow
 from ..security import admin_only
 from .oidc import is_configured as sso_configured
@@ -29,25 +29,29 @@ SCOPES = {"read": "read (counts, companies, products)", "write": "write (upsert 
 def encryption_status() -> dict:
     tokens = db.session.scalars(db.select(Integration.credentials_encrypted)
                                 .where(Integration.credentials_encrypted.is_not(None))).all()
+    tokens += db.session.scalars(db.select(Channel.target_encrypted)).all()
     current = sum(1 for token in tokens if crypto.is_current(token))
     return {"key_count": len(current_app.config["ENCRYPTION_KEYS"]), "total": len(tokens), "current": current}
 
 
 def rotate_all_credentials() -> tuple[int, int]:
-    """Re-encrypt every integration's credentials with the first key; returns (rotated, total)."""
+    """Re-encrypt every integration's credentials and every alert channel's address and secret with the first
+    key; returns (rotated, total)."""
     integrations = db.session.scalars(db.select(Integration)
                                       .where(Integration.credentials_encrypted.is_not(None))).all()
+    channels = db.session.scalars(db.select(Channel)).all()
+    rows = [(i, "credentials_encrypted") for i in integrations] + [(c, "target_encrypted") for c in channels]
     rotated = 0
-    for integration in integrations:
-        if not crypto.is_current(integration.credentials_encrypted):
-            integration.credentials_encrypted = crypto.rotate(integration.credentials_encrypted)
+    for row, column in rows:
+        if not crypto.is_current(getattr(row, column)):
+            setattr(row, column, crypto.rotate(getattr(row, column)))
             rotated += 1
     if rotated:
         record("credentials.rotated", "encryption key",
-               f"Credentials of {rotated} integration(s) re-encrypted with the current key",
-               after={"rotated": rotated, "total": len(integrations)})
+               f"{rotated} credential set(s) and alert channel(s) re-encrypted with the current key",
+               after={"rotated": rotated, "total": len(rows)})
     db.session.commit()
-    return rotated, len(integrations)
+    return rotated, len(rows)
 
 
 @bp.cli.command("rotate-encryption-key")
@@ -57,7 +61,8 @@ def rotate_encryption_key_command():
         rotated, total = rotate_all_credentials()
     except RuntimeError as exc:  # a token no configured key can read
         raise click.ClickException(str(exc)) from None
-    click.echo(f"Re-encrypted {rotated} of {total} integration credential(s) with the current key. "
+    click.echo(f"Re-encrypted {rotated} of {total} stored secret(s) (PSA credentials, alert channels) with the "
+               "current key. "
                + ("Older keys can now be removed from ENCRYPTION_KEY." if total else "Nothing is stored yet."))
 
 

@@ -1,5 +1,6 @@
 """The data model, one module per aggregate (PRODUCT.md §1)."""
 
+from .alerts import AlertEvent, Channel, Delivery
 from .audit import AuditEvent
 from .integrations import AgreementOverride, CompanyMapping, Integration, ProductMapping
 from .organisation import Organisation
@@ -9,6 +10,9 @@ from .users import ApiToken, User
 
 __all__ = [
     "AgreementOverride",
+    "AlertEvent",
+    "Channel",
+    "Delivery",
     "ApiToken",
     "AuditEvent",
     "Company",

@@ -17,6 +17,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "keep_history": False,  # ConnectWise: cancel + re-add instead of editing in place
     "review_before_push": False,
     "decreases_need_approval": False,
+    # Alert "quantity swing" when a written quantity moves by at least this many percent or units (0: off).
+    "alert_swing_percent": 30,
+    "alert_swing_units": 0,
 }
 
 class Integration(db.Model):

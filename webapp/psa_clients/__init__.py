@@ -55,4 +55,8 @@ def make_client(
     limits, for unit tests). `config` holds app settings a client may need (CW_CLIENT_ID,
     AUTOTASK_ZONE_URL).
     """
-    return client_class(kind)(dict(credentials), redis=redis, dev_hosts=dev_hosts, config=dict(config or {}))
+    from .http import request_tally
+
+    client = client_class(kind)(dict(credentials), redis=redis, dev_hosts=dev_hosts, config=dict(config or {}))
+    client.http.tally = request_tally(redis, kind)  # every answer counted for /metrics
+    return client

@@ -430,6 +430,26 @@ _HELD = _HeldSlots()
 
 
 # --------------------------------------------------------------------------------------------------
+# Requests counted for /metrics (webapp/observability.py), in Redis so every worker's count adds up
+# --------------------------------------------------------------------------------------------------
+PSA_REQUESTS_KEY = "seatsync:metrics:psa-requests"
+
+
+def request_tally(redis, psa: str) -> Callable[[str], None] | None:
+    """Counts each answer of a PSA by status ("error": none came); None without Redis (unit tests)."""
+    if redis is None:
+        return None
+
+    def tally(status: str) -> None:
+        try:
+            redis.hincrby(PSA_REQUESTS_KEY, f"{psa}:{status}", 1)
+        except RedisError:  # a metric must never fail a sync
+            log.debug("could not count a PSA request", exc_info=True)
+
+    return tally
+
+
+# --------------------------------------------------------------------------------------------------
 # The session
 # --------------------------------------------------------------------------------------------------
 class _Retry(Exception):
@@ -505,6 +525,7 @@ class PsaHttp:
         self.is_answer = is_answer or (lambda response: False)
         self.sleep = sleep
         self.calls = 0  # requests actually sent, for benchmarks and tests
+        self.tally: Callable[[str], None] | None = None  # counts answers by status (request_tally)
 
     def _retryable(self, response: requests.Response, idempotent: bool) -> bool:
         """A failure status worth another try: any for a read, only "not processed" ones for a write."""
@@ -532,6 +553,17 @@ class PsaHttp:
             addresses = resolve(host, port) if dev else check_public_host(host, port)
             # One address per host: IPv4 first, which every host (a Heroku dyno has no IPv6 route) reaches.
             self._pins[(host, port)] = next((a for a in addresses if ":" not in a), addresses[0])
+
+    def _send(self, method: str, url: str, **kwargs) -> requests.Response:
+        try:
+            response = self.session.request(method, url, **kwargs)
+        except requests.RequestException:
+            if self.tally:
+                self.tally("error")
+            raise
+        if self.tally:
+            self.tally(str(response.status_code))
+        return response
 
     def _redirect_error(self, response: requests.Response) -> HostRefused:
         target = urlsplit(response.headers.get("Location", "")).hostname or "another address"
@@ -571,7 +603,7 @@ class PsaHttp:
             with slot:
                 self.calls += 1
                 try:
-                    response = self.session.request(method, url, **kwargs)
+                    response = self._send(method, url, **kwargs)
                 except requests.exceptions.SSLError:
                     host = urlsplit(url).hostname
                     raise HostRefused(f"{host} did not present a valid certificate for its name.",

@@ -13,6 +13,7 @@ ever parses a job id string to learn what the job was.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,8 @@ from sqlalchemy import case, exists, func, select, update
 from ..extensions import db
 from ..models import CompanyMapping, LineResult, SyncRun
 from ..models._types import utcnow
+
+log = logging.getLogger(__name__)
 
 
 class RunState(StrEnum):
@@ -186,21 +189,41 @@ def run_is_open(run: SyncRun | None) -> bool:
     return run is not None and run.state in OPEN_RUN
 
 
+# Called once per run that closed (finished or stopped), after the commit: the alerts register here,
+# so the engine records and never imports what reads its records.
+RUN_CLOSED_HANDLERS: list = []
+
+
+def on_run_closed(func):
+    RUN_CLOSED_HANDLERS.append(func)
+    return func
+
+
 def close_run_if_done(run_id: int) -> None:
     """Close the run once every company is done: awaiting review while changes wait for an admin,
-    stopped when a job stopped it (its message says why), else finished. Commits."""
+    stopped when a job stopped it (its message says why), else finished. Commits; then, for the one
+    caller whose UPDATE closed the run as finished or stopped, calls the RUN_CLOSED_HANDLERS."""
     waiting = exists().where(LineResult.run_id == run_id, LineResult.action.in_(UNDECIDED))
     stopped = SyncRun.stop_reason != ""
-    db.session.execute(
+    closed = db.session.execute(
         update(SyncRun)
         .where(SyncRun.id == run_id, SyncRun.done >= SyncRun.total, SyncRun.state.in_(OPEN_RUN))
         .values(state=case((stopped, RunState.FAILED), (waiting, RunState.AWAITING_REVIEW),
                            else_=RunState.FINISHED),
                 message=case((stopped, SyncRun.stop_reason), else_=SyncRun.message),
                 finished_at=case((waiting & ~stopped, None), else_=utcnow()))
+        .returning(SyncRun.state)
         .execution_options(synchronize_session=False)
-    )
+    ).scalar()
     db.session.commit()
+    if closed in (RunState.FINISHED, RunState.FAILED):  # the one caller whose UPDATE closed the run
+        for handler in RUN_CLOSED_HANDLERS:
+            try:
+                handler(run_id)
+            except Exception:  # an alert must never fail the sync that raised it
+                db.session.rollback()
+                log.exception("run-closed handler %s failed for run %s", handler.__name__, run_id)
+
 
 
 def stop_run(run_id: int, reason: str) -> None:
