@@ -17,6 +17,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "keep_history": False,  # ConnectWise: cancel + re-add instead of editing in place
     "review_before_push": False,
     "decreases_need_approval": False,
+    "decreases_from": "now",  # or "next_period": decreases bill from the next billing period
 }
 
 class Integration(db.Model):
@@ -57,6 +58,11 @@ class ProductMapping(db.Model):
     product_id: Mapped[int] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"))
     psa_product_id: Mapped[str] = mapped_column(String(64))
     psa_product_name: Mapped[str] = mapped_column(String(255), default="")
+    # Quantity rules (webapp/sync/plan.py QuantityRule): pushed = clamp(count − included + extra, minimum, maximum).
+    included: Mapped[int] = mapped_column(default=0, server_default="0")
+    minimum: Mapped[int] = mapped_column(default=0, server_default="0")
+    maximum: Mapped[int | None]
+    extra: Mapped[int] = mapped_column(default=0, server_default="0")
 
     integration: Mapped[Integration] = relationship(back_populates="product_mappings")
 

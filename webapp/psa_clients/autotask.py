@@ -26,6 +26,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,6 +46,7 @@ from .base import (
     ValidationFailed,
     WriteOptions,
     WriteResult,
+    money,
 )
 from .http import DEFAULT_TIMEOUT, PsaHttp, RetryPolicy, base_url_for, limiter_for
 
@@ -149,6 +151,7 @@ class AutotaskClient(PsaClient):
     display_name = "Autotask PSA"
     hourly_limit = 10_000
     concurrency_per_endpoint = 3
+    dated_reads = True  # units are per period: an adjustment from next month shows only in its period
     credential_fields: ClassVar[tuple[CredentialField, ...]] = (
         CredentialField(
             "username", "Username",
@@ -482,7 +485,7 @@ class AutotaskClient(PsaClient):
         for chunk in _chunks(ids, IN_CHUNK):
             services = self._query(
                 "ContractServices", [{"op": "in", "field": "contractID", "value": list(chunk)}],
-                ["contractID", "serviceID", "invoiceDescription"],
+                ["contractID", "serviceID", "invoiceDescription", "unitPrice", "unitCost"],
             )
             units = self._period_units(chunk, on)
             for cs in sorted(services, key=lambda row: row["id"]):
@@ -494,6 +497,8 @@ class AutotaskClient(PsaClient):
                     line_id=str(cs["id"]),
                     quantity=float(row.get("units") or 0) if row else 0.0,
                     description=cs.get("invoiceDescription") or "",
+                    unit_price=money(cs.get("unitPrice")),
+                    unit_cost=money(cs.get("unitCost")),
                 ))
         return result
 
@@ -549,9 +554,7 @@ class AutotaskClient(PsaClient):
         if delta == 0:
             return WriteResult(line=current, action="unchanged", response="units already match")
         item_id = self._adjust(contract_id, service_id, delta, options.effective_date)
-        line = Line(
-            current.agreement_id, current.product_id, current.line_id, float(units + delta), current.description,
-        )
+        line = replace(current, quantity=float(units + delta))
         return WriteResult(
             line=line, action="adjusted",
             response=f"ContractServiceAdjustment {item_id}: {delta:+d} units from {options.effective_date.isoformat()}",

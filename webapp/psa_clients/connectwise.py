@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -36,6 +37,7 @@ from .base import (
     ValidationFailed,
     WriteOptions,
     WriteResult,
+    money,
 )
 from .http import DEFAULT_TIMEOUT, PsaHttp, base_url_for, limiter_for
 
@@ -585,7 +587,14 @@ class ConnectWiseClient(PsaClient):
             line_id=str(raw["id"]),
             quantity=float(raw.get("quantity") or 0),
             description=str(product.get("identifier") or raw.get("description") or ""),
+            unit_price=money(raw.get("unitPrice")),
+            unit_cost=money(raw.get("unitCost")),
         )
+
+    def dates_changes(self, options: WriteOptions) -> bool:
+        # Only a kept-history write carries a date (the successor's effectiveDate); an in-place PATCH
+        # of the quantity bills from whenever the agreement is next invoiced.
+        return options.keep_history
 
     def set_quantity(self, agreement_id: str, product_id: str, target: int, *, current: Line | None,
                      options: WriteOptions) -> WriteResult:
@@ -612,7 +621,8 @@ class ConnectWiseClient(PsaClient):
         updated = self._patch(additions, current.line_id, [{"op": "replace", "path": "quantity", "value": target}])
         line = self._line(str(agreement), updated)
         if not updated.get("product"):
-            line = Line(line.agreement_id, current.product_id, line.line_id, line.quantity, current.description)
+            line = replace(line, product_id=current.product_id, description=current.description,
+                           unit_price=current.unit_price, unit_cost=current.unit_cost)
         return WriteResult(line, "updated", f"addition {line.line_id} quantity {current.quantity:g} → {target}")
 
     def _replace(self, additions: str, product: int, target: int, current: Line, raw: dict[str, Any],
@@ -659,7 +669,7 @@ class ConnectWiseClient(PsaClient):
         agreement_id = additions.split("/")[3]
         line = self._line(agreement_id, raw)
         if not line.product_id:
-            line = Line(line.agreement_id, str(product), line.line_id, line.quantity, line.description)
+            line = replace(line, product_id=str(product))
         return line
 
 

@@ -51,6 +51,7 @@ from .base import (
     ValidationFailed,
     WriteOptions,
     WriteResult,
+    money,
 )
 from .http import DEFAULT_TIMEOUT, PsaHttp, RetryPolicy, base_url_for, limiter_for
 
@@ -192,8 +193,6 @@ class ContractServiceLine(Line):
     """
 
     service_name: str = ""
-    unit_cost: float | None = None
-    unit_price: float | None = None
     effective_date: str = ""
 
 
@@ -656,8 +655,8 @@ class KaseyaBmsClient(PsaClient):
             quantity=None,  # not in the API's answer (notes §3.2)
             description=str(_ci(row, "ServiceDescription") or ""),
             service_name=str(_ci(row, "ServiceName") or ""),
-            unit_cost=_ci(row, "UnitCost"),
-            unit_price=_ci(row, "UnitPrice"),
+            unit_cost=money(_ci(row, "UnitCost")),
+            unit_price=money(_ci(row, "UnitPrice")),
             effective_date=str(_ci(row, "EffectiveDate") or ""),
         )
 
@@ -687,19 +686,22 @@ class KaseyaBmsClient(PsaClient):
                 results[index] = error
                 continue
             sending.append((index, service_id, fields))
-        if sending:
-            entries = [(service_id, int(changes[index].target), fields) for index, service_id, fields in sending]
+        by_date: dict[dt.date, list[tuple[int, int, dict]]] = {}  # one request per effective date
+        for item in sending:
+            by_date.setdefault(changes[item[0]].options(options).effective_date, []).append(item)
+        for effective, group in by_date.items():
+            entries = [(service_id, int(changes[index].target), fields) for index, service_id, fields in group]
             try:
-                rows = self._post_units(contract_id, entries, options.effective_date)
+                rows = self._post_units(contract_id, entries, effective)
             except CredentialsRejected:
                 raise
             except PsaError as error:
-                for index, _, _ in sending:
+                for index, _, _ in group:
                     results[index] = error
             else:
-                for index, service_id, fields in sending:
+                for index, service_id, fields in group:
                     results[index] = self._written(contract_id, service_id, changes[index], fields,
-                                                   rows.get(service_id, {}), options.effective_date)
+                                                   rows.get(service_id, {}), effective)
         return results
 
     def _line_fields(self, contract_id: int, change: QuantityChange) -> tuple[int, dict]:
@@ -734,7 +736,8 @@ class KaseyaBmsClient(PsaClient):
             quantity=float(units) if units is not None else float(target),
             description=str(_ci(row, "Description") or fields["ServiceDescription"] or ""),
             service_name=str(_ci(row, "ServiceName") or fields["ServiceName"] or ""),
-            unit_cost=_ci(row, "UnitCost", fields["UnitCost"]), unit_price=_ci(row, "UnitPrice", fields["UnitPrice"]),
+            unit_cost=money(_ci(row, "UnitCost", fields["UnitCost"])),
+            unit_price=money(_ci(row, "UnitPrice", fields["UnitPrice"])),
             effective_date=str(_ci(row, "EffectiveDate") or ""),
         )
         line_id = after.line_id or "(new)"

@@ -108,17 +108,23 @@ class Pusher:
         self.client = client or client_for(integration)
         self.on = planning.billed_month_start(utcnow(), org_zone().key)
         self.write_options = WriteOptions(effective_date=self.on, keep_history=bool(integration.option("keep_history")))
+        # §4b: decreases bill from the next period, where the write carries a date the PSA bills from.
+        defer = integration.option("decreases_from") == "next_period" and self.client.dates_changes(self.write_options)
+        self.next_period = planning.next_period_start(self.on) if defer else None
+        self.later: dict[str, dict[str, float]] = {}  # per agreement: quantities billed from the next period
         self.decreases_need_approval = bool(integration.option("decreases_need_approval"))
         self.create_missing = bool(integration.option("create_missing_lines"))
         self.retry_seconds = float(current_app.config.get("SYNC_RETRY_SECONDS", 900))
         self.recorder = Recorder(self.run_id, self.integration_id, self.on,
                                  quantity_readable=self.client.quantity_readable)
-        self.product_maps = db.session.execute(
-            select(ProductMapping.product_id, ProductMapping.psa_product_id, Product.name)
+        self.product_maps = [(pid, psa_id, name, planning.QuantityRule(*rule)) for pid, psa_id, name, *rule in
+                             db.session.execute(
+            select(ProductMapping.product_id, ProductMapping.psa_product_id, Product.name, ProductMapping.included,
+                   ProductMapping.minimum, ProductMapping.maximum, ProductMapping.extra)
             .join(Product, Product.id == ProductMapping.product_id)
             .where(ProductMapping.integration_id == integration.id)
-        ).all()
-        self.psa_product_ids = sorted({row.psa_product_id for row in self.product_maps})
+        )]
+        self.psa_product_ids = sorted({row[1] for row in self.product_maps})
         self.stop = threading.Event()
         self.in_flight: dict[Future, tuple[Company, list[tuple[Change, object]]]] = {}
         self.finished: list[CompanyRecord] = []
@@ -136,7 +142,7 @@ class Pusher:
             select(CompanyMapping.id, CompanyMapping.integration_id, CompanyMapping.company_id,
                    CompanyMapping.agreement_id).where(CompanyMapping.id.in_(mapping_ids)).order_by(CompanyMapping.id))]
         counts = target_counts(self.month, company_ids=sorted({r.company_id for r in refs}))
-        mapped = {pid for pid, _, _ in self.product_maps}
+        mapped = {row[0] for row in self.product_maps}
         unmapped_ids = {pid for (_, pid), n in counts.items() if n and pid not in mapped}
         names = dict(db.session.execute(select(Product.id, Product.name).where(Product.id.in_(unmapped_ids))).all()) \
             if unmapped_ids else {}
@@ -161,7 +167,8 @@ class Pusher:
         """An approval pass: push exactly the approved targets; this run's other rows stay as they are."""
         company.approved = {row.psa_product_id: row for row in rows}
         company.targets = [planning.ProductTarget(row.psa_product_id, int(row.target or 0),
-                                                  (row.product_id,) if row.product_id else ()) for row in rows]
+                                                  (row.product_id,) if row.product_id else (), count=row.count,
+                                                  rule=row.rule) for row in rows]
         company.unmapped = []
         company.kept = record.kept_lines(self.run_id, company.ref.id, [row.id for row in rows])
 
@@ -204,7 +211,8 @@ class Pusher:
             db.session.commit()  # the intents are recorded before they are sent
             for company, writes in chunk:
                 if writes:
-                    batch = [QuantityChange(ch.psa_product_id, int(ch.target), ch.line) for ch, _ in writes]
+                    batch = [QuantityChange(ch.psa_product_id, int(ch.target), ch.write_line, ch.effective_from)
+                             for ch, _ in writes]
                     self.in_flight[pool.submit(self.send, company.ref.agreement_id, batch)] = (company, writes)
                 else:
                     self.done(company)
@@ -217,7 +225,7 @@ class Pusher:
     def read(self, due: list[Company]) -> tuple[dict[str, list[Line]], list[Company]]:
         """One batched read of the due companies' lines; (lines, companies to try again later)."""
         try:
-            return self.client.read_lines([c.ref.agreement_id for c in due], self.on, self.psa_product_ids), []
+            return self.read_lines([c.ref.agreement_id for c in due]), []
         except CredentialsRejected as error:
             self.reject(error)
         except TransientError as error:
@@ -228,13 +236,23 @@ class Pusher:
         lines, retry = {}, []
         for company in due:
             try:
-                lines.update(self.client.read_lines([company.ref.agreement_id], self.on, self.psa_product_ids))
+                lines.update(self.read_lines([company.ref.agreement_id]))
             except CredentialsRejected as error:
                 self.reject(error)
             except PsaError as error:
                 if self.failed(company, None, error):
                     retry.append(company)
         return lines, retry
+
+    def read_lines(self, agreement_ids: list[str]) -> dict[str, list[Line]]:
+        """The lines as billed now; where decreases are deferred and the PSA reads per date, also what
+        each line bills from the next period (kept in `self.later`)."""
+        lines = self.client.read_lines(agreement_ids, self.on, self.psa_product_ids)
+        if self.next_period is not None and self.client.dated_reads:
+            for agreement_id, later in self.client.read_lines(agreement_ids, self.next_period,
+                                                              self.psa_product_ids).items():
+                self.later[agreement_id] = {ln.product_id: ln.quantity for ln in later if ln.quantity is not None}
+        return lines
 
     def plan(self, company: Company, lines: dict[str, list[Line]]) -> list[tuple[Change, object]]:
         """Settle what needs no write; return (change, intent) of the writes, intents prepared."""
@@ -243,7 +261,8 @@ class Pusher:
         try:
             changes = planning.plan_agreement(
                 company.targets, lines[company.ref.agreement_id], create_missing_lines=self.create_missing,
-                last_written=company.last_written, unmapped=company.unmapped)
+                last_written=company.last_written, unmapped=company.unmapped,
+                later=self.later.pop(company.ref.agreement_id, None), next_period_start=self.next_period)
             writes = []
             for change in changes:
                 key = change.psa_product_id or f"unmapped:{change.product_id}"
@@ -272,9 +291,9 @@ class Pusher:
             return self.recorder.result(mapping, change, action=LineAction.NEEDS_ATTENTION, hint=hint)
         if change.kind == planning.NONE:
             intent = self.intents.pop((mapping.agreement_id, change.psa_product_id), None)
-            if intent is not None and change.target is not None and change.before == change.target:
+            if intent is not None and change.target is not None and change.basis == change.target:
                 return self.recorder.completed(mapping, change, intent)
-            return self.recorder.result(mapping, change, action=LineAction.NONE, after=change.before)
+            return self.recorder.result(mapping, change, action=LineAction.NONE, after=change.basis)
         if not company.approved and planning.needs_approval(
                 change, review_before_push=self.review, decreases_need_approval=self.decreases_need_approval):
             return self.recorder.result(mapping, change, action=LineAction.PLANNED,
@@ -377,7 +396,9 @@ class Pusher:
             return
         refs = list(self.to_verify)
         try:
-            lines = self.client.read_lines([r.agreement_id for r in refs], self.on, self.psa_product_ids)
+            # From the next period every write shows (a deferred decrease only then; one made now too).
+            lines = self.client.read_lines([r.agreement_id for r in refs], self.next_period or self.on,
+                                           self.psa_product_ids)
         except PsaError as error:
             log.warning("reading back %d companies failed (%s); their lines stay unverified", len(refs), error)
             return
