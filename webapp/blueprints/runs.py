@@ -17,12 +17,14 @@ from ..inputs import db_int, page_number
 from ..models import Company, CompanyMapping, Integration, LineResult, Product, SyncRun
 from ..psa_clients import PSA_KINDS
 from ..sync import ACTIVE_RUN, LineAction, review_changes, verification_summary
+from ..sync.money import run_money
 
 bp = Blueprint("runs", __name__, url_prefix="/runs")
 
 PER_PAGE = 50
 CSV_COLUMNS = ("company", "agreement", "product", "psa_product_id", "line_id", "before", "target", "after",
-               "action", "changed_in_psa", "message", "http_status", "hint", "psa_response", "at")
+               "action", "changed_in_psa", "message", "http_status", "hint", "psa_response", "at", "count", "rule",
+               "unit_price", "unit_cost", "currency", "price_change", "margin_change", "effective_from")
 
 
 def _run_or_404(run_id: int) -> SyncRun:
@@ -80,7 +82,8 @@ def detail(run_id: int):
         companies = [c for c in companies if c["mapping_id"] == company]
     planned = sum(1 for c in companies for line, _ in c["lines"] if line.action == LineAction.PLANNED)
     return render_template("runs/detail.html", run=run, companies=companies, planned=planned, company=company,
-                           verification=verification_summary(run.id))
+                           verification=verification_summary(run.id), money=run_money(run.id),
+                           planned_money=run_money(run.id, (LineAction.PLANNED,)) if planned else None)
 
 
 @bp.post("/<int:run_id>/review")
@@ -116,6 +119,9 @@ def export(run_id: int):
                 _num(line.before), line.target if line.target is not None else "", _num(line.after), line.action,
                 "yes" if line.changed_in_psa else "", line.message, line.http_status or "", line.hint,
                 line.psa_response, line.created_at.isoformat() if line.created_at else "",
+                "" if line.count is None else line.count, line.rule, _num(line.unit_price), _num(line.unit_cost),
+                line.currency, _num(line.price_change), _num(line.margin_change),
+                line.effective_from.isoformat() if line.effective_from else "",
             )])
     return Response(out.getvalue(), mimetype="text/csv",
                     headers={"Content-Disposition": f"attachment; filename=sync-run-{run.id}.csv"})
