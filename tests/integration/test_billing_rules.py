@@ -87,7 +87,10 @@ def test_rules_and_a_bundle_push_the_ruled_quantity_and_record_the_count_the_rul
     bundle = lines[("Bluebird Logistics", pm)]
     assert (bundle.count, bundle.target, bundle.rule) == (5, 6, "2 included, +1 extra, minimum 6")
     assert bundle.product_id is None  # a bundle line belongs to no single SeatSync product
-    assert (lines[("Acme Dental", eb)].count, lines[("Acme Dental", eb)].rule) == (2, "")
+    created = lines[("Acme Dental", eb)]
+    assert (created.count, created.rule, created.action) == (2, "", "created")
+    # A created line is priced at the product's catalog price (read once, before the write).
+    assert created.unit_price and created.price_change == pytest.approx(2 * created.unit_price)
 
     # Money: each updated line at the PSA's unit price and cost; the run adds them up.
     cedar = lines[("Cedar Law Group", pm)]

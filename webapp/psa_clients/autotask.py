@@ -397,6 +397,13 @@ class AutotaskClient(PsaClient):
         ]
         return sorted(items, key=lambda item: item.name.lower())
 
+    def product_prices(self, product_ids: Sequence[str]) -> dict[str, Line]:
+        ids = [_int_id(p, "service") for p in product_ids]
+        rows = self._query("Services", [{"op": "in", "field": "id", "value": ids}], ["unitPrice", "unitCost"]) \
+            if ids else []
+        return {str(r["id"]): Line("", str(r["id"]), "", None, unit_price=money(r.get("unitPrice")),
+                                   unit_cost=money(r.get("unitCost"))) for r in rows}
+
     @staticmethod
     def _service_detail(row: dict[str, Any]) -> str:
         parts = [row.get("sku") or row.get("externalID") or ""]

@@ -253,6 +253,12 @@ class PsaClient(abc.ABC):
         happened is seen in `current` and the second call writes nothing or only what is missing.
         """
 
+    def product_prices(self, product_ids: Sequence[str]) -> dict[str, Line]:
+        """The catalog unit price and cost of these products/services, as lines without a quantity
+        (`Line.unit_price/unit_cost`), for pricing a line that is still to be created. One read; {} when
+        the PSA gives none (the money of new lines is then unknown)."""
+        return {}
+
     def dates_changes(self, options: WriteOptions) -> bool:
         """Whether the write carries an effective date the PSA bills from (so a decrease can be
         deferred to the next billing period). ConnectWise only when history is kept."""

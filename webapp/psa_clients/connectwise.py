@@ -457,6 +457,15 @@ class ConnectWiseClient(PsaClient):
             for r in rows if not r.get("inactiveFlag")
         ]
 
+    def product_prices(self, product_ids: Sequence[str]) -> dict[str, Line]:
+        ids = _int_ids(product_ids, "product")
+        if not ids:
+            return {}
+        rows = self._get_all("/procurement/catalog", endpoint="procurement/catalog", params={
+            "conditions": f"id in ({','.join(map(str, ids))})", "fields": "id,price,cost"})
+        return {str(r["id"]): Line("", str(r["id"]), "", None, unit_price=money(r.get("price")),
+                                   unit_cost=money(r.get("cost"))) for r in rows}
+
     def company_scope_options(self) -> dict[str, list[PsaItem]]:
         types = self._get_all("/company/companies/types", endpoint="company/companies/types",
                               params={"orderBy": "name asc"})

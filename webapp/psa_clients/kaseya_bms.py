@@ -503,6 +503,12 @@ class KaseyaBmsClient(PsaClient):
             self._catalog_at = time.monotonic()
         return self._catalog
 
+    def product_prices(self, product_ids: Sequence[str]) -> dict[str, Line]:
+        wanted = {str(p) for p in product_ids}
+        return {str(sid): Line("", str(sid), "", None, unit_price=money(_ci(s, "UnitPrice")),
+                               unit_cost=money(_ci(s, "UnitCost")))
+                for sid, s in self._catalog_by_id().items() if str(sid) in wanted}
+
     def list_products(self, search: str = "") -> list[PsaItem]:
         rows = self._services(search.strip())
         if not search.strip():

@@ -97,6 +97,7 @@ class Change:
     rule: str = ""
     effective_from: dt.date | None = None  # set: a decrease written to bill from this later day
     later: float | None = None  # the quantity the PSA bills from the next period, when it differs
+    catalog: Line | None = None  # the product's catalog price, for a line still to be created
 
     @property
     def before(self) -> float | None:
@@ -126,7 +127,7 @@ class Change:
         """(monthly change in price, in margin) this change makes, at the unit price and cost of
         `priced` (default: the line read; a created line: the line the PSA answered with). None when
         the PSA gives no price or the quantity before is unknown; the margin needs the unit cost too."""
-        priced = priced or self.line
+        priced = priced or self.line or self.catalog
         price = priced.unit_price if priced is not None else None
         base = self.billed_before
         if not self.writes or price is None or base is None or self.target is None:

@@ -112,6 +112,7 @@ class Pusher:
         defer = integration.option("decreases_from") == "next_period" and self.client.dates_changes(self.write_options)
         self.next_period = planning.next_period_start(self.on) if defer else None
         self.later: dict[str, dict[str, float]] = {}  # per agreement: quantities billed from the next period
+        self.catalog: dict[str, Line] | None = None  # catalog prices, read once when a line is to be created
         self.decreases_need_approval = bool(integration.option("decreases_need_approval"))
         self.create_missing = bool(integration.option("create_missing_lines"))
         self.retry_seconds = float(current_app.config.get("SYNC_RETRY_SECONDS", 900))
@@ -265,6 +266,8 @@ class Pusher:
                 later=self.later.pop(company.ref.agreement_id, None), next_period_start=self.next_period)
             writes = []
             for change in changes:
+                if change.kind == planning.CREATE:
+                    change.catalog = self.catalog_prices().get(change.psa_product_id)
                 key = change.psa_product_id or f"unmapped:{change.product_id}"
                 if key in company.settled:
                     continue
@@ -281,6 +284,17 @@ class Pusher:
                 company.ref, f"SeatSync failed to push this company: {type(error).__name__}",
                 "The next sync retries; if it keeps failing, report it.")}
             return []
+
+    def catalog_prices(self) -> dict[str, Line]:
+        """The mapped products' catalog prices (one read per job, on the first line to create); none on failure:
+        the money of new lines is then unknown, the push goes on."""
+        if self.catalog is None:
+            try:
+                self.catalog = self.client.product_prices(self.psa_product_ids)
+            except PsaError as error:
+                log.info("reading catalog prices failed (%s); new lines are priced unknown", error)
+                self.catalog = {}
+        return self.catalog
 
     def decide(self, company: Company, change: Change) -> LineResult | None:
         """The line's result when nothing is to be written now; None when it must be written."""

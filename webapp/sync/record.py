@@ -108,7 +108,7 @@ class Recorder:
                     f"the PSA had {change.before:g}")
             message = f"{note}; {message}" if message else note
         values.setdefault("hint", "")
-        priced = values.pop("priced", None) or line
+        priced = values.pop("priced", None) or line or change.catalog
         price_change, margin_change = change.money(priced) if values.get("action") in COSTED else (None, None)
         return LineResult(
             run_id=self.run_id, company_mapping_id=mapping.id, product_id=change.product_id,
@@ -139,7 +139,8 @@ class Recorder:
         action = LineAction.NONE if written.action == "unchanged" else LineAction(written.action)
         return self.result(mapping, change, action=action, after=written.line.quantity,
                            line_id=written.line.line_id or None, psa_response=written.response[:2000],
-                           priced=change.line if change.line is not None else written.line,
+                           priced=change.line or (written.line if written.line.unit_price is not None
+                                                  else change.catalog),
                            verification=None if self.quantity_readable else Verification.NOT_VERIFIABLE)
 
     def completed(self, mapping: MappingRef, change: Change, intent: PushIntent) -> LineResult:
