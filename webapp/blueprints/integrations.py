@@ -35,9 +35,17 @@ from ..psa_clients import PSA_KINDS, PsaError, ValidationFailed, client_class
 from ..queue import get_redis
 from ..responses import htmx_answer
 from ..security import admin_only, safe_next
-from ..sync import ACTIVE_RUN, BUSY, CompanyStatus, SyncUnavailable, mapping_edited, shown_status, unavailable_reason
+from ..sync import (
+    ACTIVE_RUN,
+    BUSY,
+    CompanyStatus,
+    QuantityRule,
+    SyncUnavailable,
+    mapping_edited,
+    shown_status,
+    unavailable_reason,
+)
 from ..sync import start_sync as engine_start_sync
-from ..sync.plan import QuantityRule
 from ..sync.schedule import next_slot
 from ..timezones import org_zone
 

@@ -16,8 +16,7 @@ from ..extensions import db, htmx
 from ..inputs import db_int, page_number
 from ..models import Company, CompanyMapping, Integration, LineResult, Product, SyncRun
 from ..psa_clients import PSA_KINDS
-from ..sync import ACTIVE_RUN, LineAction, review_changes, verification_summary
-from ..sync.money import run_money
+from ..sync import ACTIVE_RUN, WRITTEN, LineAction, review_changes, run_money, verification_summary
 
 bp = Blueprint("runs", __name__, url_prefix="/runs")
 
@@ -25,6 +24,9 @@ PER_PAGE = 50
 CSV_COLUMNS = ("company", "agreement", "product", "psa_product_id", "line_id", "before", "target", "after",
                "action", "changed_in_psa", "message", "http_status", "hint", "psa_response", "at", "count", "rule",
                "unit_price", "unit_cost", "currency", "price_change", "margin_change", "effective_from")
+
+
+PUSHED = (*WRITTEN, LineAction.APPROVED)  # the run's money line: what was written or is being pushed
 
 
 def _run_or_404(run_id: int) -> SyncRun:
@@ -83,6 +85,7 @@ def detail(run_id: int):
     planned = sum(1 for c in companies for line, _ in c["lines"] if line.action == LineAction.PLANNED)
     return render_template("runs/detail.html", run=run, companies=companies, planned=planned, company=company,
                            verification=verification_summary(run.id), money=run_money(run.id),
+                           pushed_money=run_money(run.id, PUSHED),
                            planned_money=run_money(run.id, (LineAction.PLANNED,)) if planned else None)
 
 
