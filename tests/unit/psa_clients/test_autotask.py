@@ -551,3 +551,33 @@ def test_a_missing_line_for_a_deleted_service_asks_to_edit_the_product_mapping(c
     with pytest.raises(NotFound) as caught:
         client.set_quantity("11", "22", 6, current=None, options=WriteOptions(effective_date=ON))
     assert "product mapping" in caught.value.hint
+
+
+# --------------------------------------------------------------------------------------------------
+# Money (PRODUCT.md §4b)
+# --------------------------------------------------------------------------------------------------
+def test_lines_carry_the_contract_services_unit_price_and_cost(client, mocked):
+    mocked.post(BASE + "ContractServices/query", json=page([
+        {"id": 5, "contractID": 11, "serviceID": 22, "invoiceDescription": "", "unitPrice": 7.5, "unitCost": 3}]))
+    mocked.post(BASE + "ContractServiceUnits/query", json=page([]))
+    (line,) = client.read_lines(["11"], ON)["11"]
+    assert (line.unit_price, line.unit_cost, line.currency) == (7.5, 3.0, "")
+    assert {"unitPrice", "unitCost"} <= set(body_of(api_calls(mocked)[0])["includeFields"])
+
+
+def test_catalog_prices_are_one_services_query(client, mocked):
+    mocked.post(BASE + "Services/query", json=page([{"id": 22, "unitPrice": 4, "unitCost": None}]))
+    prices = client.product_prices(["22", "23"])
+    assert (prices["22"].unit_price, prices["22"].unit_cost) == (4.0, None)
+    assert body_of(api_calls(mocked)[0])["filter"] == [{"op": "in", "field": "id", "value": [22, 23]}]
+
+
+def test_a_deferred_decrease_is_an_adjustment_effective_from_the_next_period(client, mocked):
+    from webapp.psa_clients.base import QuantityChange
+
+    mocked.post(BASE + "ContractServiceAdjustments", json={"itemId": 1})
+    next_period = dt.date(2026, 11, 1)
+    (result,) = client.set_quantities("11", [QuantityChange("22", 3, Line("11", "22", "33", 8), next_period)],
+                                      options=WriteOptions(effective_date=ON))
+    assert body_of(api_calls(mocked)[0])["effectiveDate"] == "2026-11-01T00:00:00"
+    assert body_of(api_calls(mocked)[0])["unitChange"] == -5 and result.line.quantity == 3
