@@ -19,7 +19,7 @@ from tests.fixtures.workers import (
     wait_for_run,
 )
 from webapp.extensions import db
-from webapp.models import Company, CompanyMapping, LineResult, Product, ProductMapping, Seat
+from webapp.models import Company, CompanyMapping, LineResult, Product, ProductMapping, PushIntent, Seat
 from webapp.sync.money import run_money
 from webapp.sync.plan import billed_month_start, next_period_start
 from webapp.sync.state import WRITTEN
@@ -228,3 +228,27 @@ def test_kaseya_bms_posts_the_decrease_with_the_next_periods_effective_date(psa_
     row = lines_of(run.id)[("Cedar Law Group", world.psa_products[PM])]
     assert row.effective_from == following and row.price_change == pytest.approx(-4 * row.unit_price)
     assert_second_sync_writes_nothing(world, psa_sim, "kaseya_bms")
+
+
+def test_a_lost_answer_to_an_autotask_decrease_for_the_next_period_is_completed_by_the_next_sync_not_reposted(
+        psa_sim, rq_workers):
+    world = build_world("autotask", psa_sim, {("Cedar Law Group", PM): 3}, companies=["Cedar Law Group"],
+                        decreases_from="next_period")
+    # The adjustment reaches Autotask, but its answer is lost (a 500 after it was applied): the line is an error.
+    psa_sim.faults(rules=[{"psa": "autotask", "method": "POST", "path_contains": "ContractServiceAdjustments",
+                           "kind": "applied", "status": 500}])
+    rq_workers.start(1)
+    first = wait_for_run(world.start().id)
+    assert first.errors == 1, rq_workers.output()[-3000:]
+    # The next sync reads both periods, finds the decrease already scheduled, and reports it completed.
+    run = wait_for_run(world.start().id)
+    assert run.state == "finished" and run.errors == 0, rq_workers.output()[-3000:]
+    this, following = periods()
+    assert adjustments_per_line(psa_sim) == {
+        (int(world.mappings["Cedar Law Group"].agreement_id), int(world.psa_products[PM])): [-4]}
+    assert world.quantities(this)[("Cedar Law Group", PM)] == [7.0]
+    assert world.quantities(following)[("Cedar Law Group", PM)] == [3.0]
+    (row,) = db.session.scalars(db.select(LineResult).filter_by(run_id=run.id)).all()
+    assert row.message.startswith("completed") and (row.before, row.after) == (7.0, 3.0)
+    assert not db.session.scalar(db.select(db.func.count(PushIntent.id)).filter_by(state="pending"))
+    assert_second_sync_writes_nothing(world, psa_sim, "autotask")
