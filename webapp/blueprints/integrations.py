@@ -463,11 +463,8 @@ def product_mapping_names(mappings) -> dict[str, str]:
     """{SeatSync product: PSA product (#id)}: what the audit log shows, in words rather than ids."""
     names = dict(db.session.execute(db.select(Product.id, Product.name)).all())
     return {names.get(m.product_id, f"#{m.product_id}"): " ".join(p for p in (
-        f"{m.psa_product_name or ''} (#{m.psa_product_id})".strip(), rule_of(m).describe()) if p) for m in mappings}
-
-
-def rule_of(mapping: ProductMapping) -> QuantityRule:
-    return QuantityRule(mapping.included or 0, mapping.minimum or 0, mapping.maximum, mapping.extra or 0)
+        f"{m.psa_product_name or ''} (#{m.psa_product_id})".strip(), QuantityRule.of(m).describe()) if p)
+        for m in mappings}
 
 
 def rules_from_form(products) -> tuple[dict[int, dict[str, int | None]], dict[int, str]]:

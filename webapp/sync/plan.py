@@ -58,6 +58,11 @@ class QuantityRule:
         return ", ".join(p for p in parts if p)
 
     @classmethod
+    def of(cls, row) -> QuantityRule:
+        """The rule of a product mapping (any row with its included, minimum, maximum and extra columns)."""
+        return cls(row.included or 0, row.minimum or 0, row.maximum, row.extra or 0)
+
+    @classmethod
     def combine(cls, rules: Iterable[QuantityRule]) -> QuantityRule:
         """One rule for a bundle's line: included and extra add up, the strictest minimum and maximum hold."""
         rules = list(rules)

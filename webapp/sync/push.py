@@ -118,13 +118,12 @@ class Pusher:
         self.retry_seconds = float(current_app.config.get("SYNC_RETRY_SECONDS", 900))
         self.recorder = Recorder(self.run_id, self.integration_id, self.on,
                                  quantity_readable=self.client.quantity_readable)
-        self.product_maps = [(pid, psa_id, name, planning.QuantityRule(*rule)) for pid, psa_id, name, *rule in
-                             db.session.execute(
+        self.product_maps = [(row.product_id, row.psa_product_id, row.name, planning.QuantityRule.of(row))
+                             for row in db.session.execute(
             select(ProductMapping.product_id, ProductMapping.psa_product_id, Product.name, ProductMapping.included,
                    ProductMapping.minimum, ProductMapping.maximum, ProductMapping.extra)
             .join(Product, Product.id == ProductMapping.product_id)
-            .where(ProductMapping.integration_id == integration.id)
-        )]
+            .where(ProductMapping.integration_id == integration.id))]
         self.psa_product_ids = sorted({row[1] for row in self.product_maps})
         self.stop = threading.Event()
         self.in_flight: dict[Future, tuple[Company, list[tuple[Change, object]]]] = {}
