@@ -47,13 +47,14 @@ PERIOD_TYPES = [(1, "Monthly"), (2, "Quarterly"), (3, "Semi-Annual"), (4, "Yearl
 ENTITIES = {
     name.lower(): name
     for name in ("Companies", "Services", "Contracts", "ContractServices", "ContractServiceUnits",
-                 "ContractServiceAdjustments", "ZoneInformation", "VersionInformation", "Version")
+                 "ContractServiceAdjustments", "Currencies", "ZoneInformation", "VersionInformation", "Version")
 }
 CHILDREN = {"services": "ContractServices", "serviceunits": "ContractServiceUnits",
             "serviceadjustments": "ContractServiceAdjustments"}
 TABLES = {"Companies": "companies", "Services": "services", "Contracts": "contracts",
-          "ContractServices": "contract_services"}
+          "ContractServices": "contract_services", "Currencies": "currencies"}
 FIELDS = {
+    "Currencies": ["id", "name", "description", "displaySymbol", "isActive", "isInternalCurrency", "exchangeRate"],
     "Companies": ["id", "companyName", "companyNumber", "companyType", "isActive", "parentCompanyID",
                   "ownerResourceID", "phone", "webAddress", "createDate", "lastActivityDate",
                   "lastTrackedModifiedDateTime", "userDefinedFields"],
@@ -87,7 +88,7 @@ class ApiError(Exception):
 # --------------------------------------------------------------------------------------------------
 def empty_state() -> dict:
     return {
-        "companies": {}, "services": {}, "contracts": {}, "contract_services": {},
+        "companies": {}, "services": {}, "contracts": {}, "contract_services": {}, "currencies": {},
         "unit_events": {},  # contract service id -> [[effective date ISO, unit change], ...]
         "adjustments": [],  # every adjustment posted, for assertions (the API itself cannot read them)
         "next_id": 1000,
@@ -158,6 +159,11 @@ def line_quantities(tables: dict, on: dt.date) -> dict[tuple[str, str], float]:
 
 
 def seed(tables: dict, dataset) -> None:
+    for code, name, symbol, internal in (("USD", "US Dollar", "$", True), ("EUR", "Euro", "\u20ac", False)):
+        currency_id = _new_id(tables)
+        tables["currencies"][currency_id] = {"id": currency_id, "name": code, "description": name,
+                                             "displaySymbol": symbol, "isActive": True, "isInternalCurrency": internal,
+                                             "exchangeRate": 1.0 if internal else 0.92}
     service_ids = {}
     for index, product in enumerate(dataset.products):
         sid = _new_id(tables)

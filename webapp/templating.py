@@ -9,6 +9,7 @@ from flask_login import current_user
 from markupsafe import Markup
 
 from .sync import state as sync_state
+from .sync.money import amount
 from .timezones import org_zone
 
 NAV = [
@@ -72,6 +73,7 @@ def init_templating(app: Flask) -> None:
     app.jinja_env.filters["localtime"] = localtime
     app.jinja_env.filters["month"] = month_label
     app.jinja_env.filters["psa_name"] = psa_name
+    app.jinja_env.filters["money"] = amount
     app.jinja_env.globals["sync_state"] = sync_state
 
     @app.context_processor

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import and_, func, or_
 
@@ -44,7 +44,16 @@ from ..psa_clients import PSA_KINDS, PsaError, ValidationFailed, client_class
 from ..queue import get_redis
 from ..responses import htmx_answer
 from ..security import admin_only, safe_next
-from ..sync import ACTIVE_RUN, BUSY, CompanyStatus, SyncUnavailable, mapping_edited, shown_status, unavailable_reason
+from ..sync import (
+    ACTIVE_RUN,
+    BUSY,
+    CompanyStatus,
+    QuantityRule,
+    SyncUnavailable,
+    mapping_edited,
+    shown_status,
+    unavailable_reason,
+)
 from ..sync import start_sync as engine_start_sync
 from ..sync.schedule import next_slot
 from ..timezones import org_zone
@@ -64,6 +73,9 @@ FILTERS = OrderedDict([
     ("excluded", "Excluded"),
 ])
 SUGGEST_LIMIT = 50  # each proposal costs one agreements lookup; the admin confirms in rounds
+# Quantity rules of a product mapping, as the product mappings form names them (webapp/sync/plan.py).
+RULE_FIELDS = (("included", "Included"), ("minimum", "Minimum"), ("maximum", "Maximum"), ("extra", "Extra"))
+RULE_LIMIT = 1_000_000  # far above any seat count; keeps the values in an integer column
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,7 @@ class PsaWords:
     agreement_rule: str  # which agreements the picker offers
     product_help: str = ""
     keep_history: bool = False  # the PSA can cancel a line and add a new one (ConnectWise)
+    decrease_date: str = ""  # how a decrease deferred to the next period is written, in the PSA's words
 
     @property
     def an_agreement(self) -> str:
@@ -273,6 +286,7 @@ def _context(integration: Integration, **extra) -> dict[str, Any]:
         "live_run_states": LIVE_RUN_STATES,
         "runs_url": url_for("runs.index", psa=kind) if "runs.index" in current_app.view_functions else None,
         "org_timezone": org_zone().key,
+        "rule_fields": RULE_FIELDS,
         **extra,
     }
 
@@ -457,8 +471,40 @@ def product_options(kind: str):
 def product_mapping_names(mappings) -> dict[str, str]:
     """{SeatSync product: PSA product (#id)}: what the audit log shows, in words rather than ids."""
     names = dict(db.session.execute(db.select(Product.id, Product.name)).all())
-    return {names.get(m.product_id, f"#{m.product_id}"): f"{m.psa_product_name or ''} (#{m.psa_product_id})".strip()
-            for m in mappings}
+    return {names.get(m.product_id, f"#{m.product_id}"): " ".join(p for p in (
+        f"{m.psa_product_name or ''} (#{m.psa_product_id})".strip(), QuantityRule.of(m).describe()) if p)
+        for m in mappings}
+
+
+def rules_from_form(products) -> tuple[dict[int, dict[str, int | None]], dict[int, str]]:
+    """Each product's quantity rule as typed: ({product id: rule}, {product id: what is wrong})."""
+    rules, errors = {}, {}
+    for product in products:
+        rule: dict[str, int | None] = {}
+        for name, label in RULE_FIELDS:
+            raw = (request.form.get(f"{name}-{product.id}") or "").strip()
+            if not raw:
+                rule[name] = None if name == "maximum" else 0
+            elif raw.isascii() and raw.isdigit() and int(raw) <= RULE_LIMIT:
+                rule[name] = int(raw)
+            else:
+                errors[product.id] = f"{label} must be a whole number from 0 to {RULE_LIMIT:,} (“{raw[:20]}”)."
+        if product.id not in errors and rule["maximum"] is not None and rule["maximum"] < rule["minimum"]:
+            errors[product.id] = f"The maximum ({rule['maximum']}) must be at least the minimum ({rule['minimum']})."
+        rules[product.id] = rule
+    return rules, errors
+
+
+def products_invalid(integration: Integration, errors: dict[int, str]):
+    """The section again with what is wrong next to each product (422; nothing was saved)."""
+    message = "Nothing was saved: fix the quantity rules marked below."
+    if not htmx:
+        return render_settings(integration, rule_errors=errors, rule_message=message, typed=request.form), 422
+    response = make_response(render_template("integrations/_products.html", **_context(
+        integration, **product_section(integration), rule_errors=errors, rule_message=message,
+        typed=request.form)), 422)
+    response.headers.update({"HX-Retarget": "#products", "HX-Reswap": "outerHTML"})
+    return response
 
 
 def save_products(kind: str):
@@ -470,6 +516,9 @@ def save_products(kind: str):
     existing = {m.product_id: m for m in integration.product_mappings}
     before = product_mapping_names(existing.values())
     products = db.session.scalars(db.select(Product).where(Product.active.is_(True))).all()
+    rules, errors = rules_from_form(products)
+    if errors:
+        return products_invalid(integration, errors)
     for product in products:
         chosen = (request.form.get(f"product-{product.id}") or "").strip()
         mapping = existing.get(product.id)
@@ -484,6 +533,8 @@ def save_products(kind: str):
             db.session.add(mapping)
         mapping.psa_product_id = chosen
         mapping.psa_product_name = names.get(chosen, mapping.psa_product_name)
+        for name, value in rules[product.id].items():
+            setattr(mapping, name, value)
     db.session.flush()
     after = product_mapping_names(db.session.scalars(
         db.select(ProductMapping).filter_by(integration_id=integration.id)))
@@ -568,6 +619,8 @@ def save_options(kind: str):
     after["keep_history"] = words.keep_history and request.form.get("keep_history") == "on"
     for name in ("alert_swing_percent", "alert_swing_units"):
         after[name] = whole_number(request.form.get(name), integration.option(name))
+    decreases_from = request.form.get("decreases_from", "now")
+    after["decreases_from"] = decreases_from if decreases_from in ("now", "next_period") else "now"
     if after != before:
         integration.options = after
         audit.record("integration.options", kind, f"{display_name(kind)} options saved", before=before, after=after)

@@ -17,14 +17,18 @@ from ..extensions import db, htmx
 from ..inputs import db_int, page_number
 from ..models import Company, CompanyMapping, Integration, LineResult, Product, SyncRun
 from ..psa_clients import PSA_KINDS
-from ..sync import ACTIVE_RUN, LineAction, SyncUnavailable, review_changes, verification_summary
+from ..sync import ACTIVE_RUN, WRITTEN, LineAction, SyncUnavailable, review_changes, run_money, verification_summary
 from ..sync.revert import changed_since_lines, revertible_mapping_ids, start_revert
 
 bp = Blueprint("runs", __name__, url_prefix="/runs")
 
 PER_PAGE = 50
 CSV_COLUMNS = ("company", "agreement", "product", "psa_product_id", "line_id", "before", "target", "after",
-               "action", "changed_in_psa", "message", "http_status", "hint", "psa_response", "at")
+               "action", "changed_in_psa", "message", "http_status", "hint", "psa_response", "at", "count", "rule",
+               "unit_price", "unit_cost", "currency", "price_change", "margin_change", "effective_from")
+
+
+PUSHED = (*WRITTEN, LineAction.APPROVED)  # the run's money line: what was written or is being pushed
 
 
 def _run_or_404(run_id: int) -> SyncRun:
@@ -86,7 +90,9 @@ def detail(run_id: int):
     return render_template("runs/detail.html", run=run, companies=companies, planned=planned, company=company,
                            verification=verification_summary(run.id), reverted_by=reverted_by,
                            revertible=set(revertible_mapping_ids(run)) if run.state not in ACTIVE_RUN else set(),
-                           changed_since=changed_since_lines(run) if run.reverts_run_id else [])
+                           changed_since=changed_since_lines(run) if run.reverts_run_id else [],
+                           money=run_money(run.id), pushed_money=run_money(run.id, PUSHED),
+                           planned_money=run_money(run.id, (LineAction.PLANNED,)) if planned else None)
 
 
 @bp.post("/<int:run_id>/revert")
@@ -142,6 +148,9 @@ def export(run_id: int):
                 _num(line.before), line.target if line.target is not None else "", _num(line.after), line.action,
                 "yes" if line.changed_in_psa else "", line.message, line.http_status or "", line.hint,
                 line.psa_response, line.created_at.isoformat() if line.created_at else "",
+                "" if line.count is None else line.count, line.rule, _num(line.unit_price), _num(line.unit_cost),
+                line.currency, _num(line.price_change), _num(line.margin_change),
+                line.effective_from.isoformat() if line.effective_from else "",
             )])
     return Response(out.getvalue(), mimetype="text/csv",
                     headers={"Content-Disposition": f"attachment; filename=sync-run-{run.id}.csv"})

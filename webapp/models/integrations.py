@@ -20,6 +20,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # Alert "quantity swing" when a written quantity moves by at least this many percent or units (0: off).
     "alert_swing_percent": 30,
     "alert_swing_units": 0,
+    "decreases_from": "now",  # or "next_period": decreases bill from the next billing period
 }
 
 class Integration(db.Model):
@@ -60,6 +61,11 @@ class ProductMapping(db.Model):
     product_id: Mapped[int] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"))
     psa_product_id: Mapped[str] = mapped_column(String(64))
     psa_product_name: Mapped[str] = mapped_column(String(255), default="")
+    # Quantity rules (webapp/sync/plan.py QuantityRule): pushed = clamp(count − included + extra, minimum, maximum).
+    included: Mapped[int] = mapped_column(default=0, server_default="0")
+    minimum: Mapped[int] = mapped_column(default=0, server_default="0")
+    maximum: Mapped[int | None]
+    extra: Mapped[int] = mapped_column(default=0, server_default="0")
 
     integration: Mapped[Integration] = relationship(back_populates="product_mappings")
 

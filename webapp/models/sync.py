@@ -78,6 +78,16 @@ class LineResult(db.Model):
     changed_in_psa: Mapped[bool] = mapped_column(default=False)  # someone edited the line by hand
     # After a write the line is read back: verified | mismatch | not_verifiable (webapp/sync/state.py).
     verification: Mapped[str | None] = mapped_column(String(20))
+    # The quantity rules applied: the summed seat count and the rule in words ("3 included").
+    count: Mapped[int | None]
+    rule: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    # Money per unit per billing period as the PSA gives it, and the monthly change this line makes.
+    unit_price: Mapped[float | None] = mapped_column(Float)
+    unit_cost: Mapped[float | None] = mapped_column(Float)
+    currency: Mapped[str] = mapped_column(String(10), default="", server_default="")
+    price_change: Mapped[float | None] = mapped_column(Float)
+    margin_change: Mapped[float | None] = mapped_column(Float)
+    effective_from: Mapped[dt.date | None] = mapped_column(Date)  # a decrease deferred to the next period
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
 
     run = relationship("SyncRun")

@@ -26,6 +26,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,6 +46,7 @@ from .base import (
     ValidationFailed,
     WriteOptions,
     WriteResult,
+    money,
 )
 from .http import DEFAULT_TIMEOUT, PsaHttp, RetryPolicy, base_url_for, limiter_for
 
@@ -149,6 +151,7 @@ class AutotaskClient(PsaClient):
     display_name = "Autotask PSA"
     hourly_limit = 10_000
     concurrency_per_endpoint = 3
+    dated_reads = True  # units are per period: an adjustment from next month shows only in its period
     credential_fields: ClassVar[tuple[CredentialField, ...]] = (
         CredentialField(
             "username", "Username",
@@ -175,6 +178,7 @@ class AutotaskClient(PsaClient):
         self._zone: dict[str, Any] | None = None
         self._base: str | None = None
         self._zone_fetches = 0
+        self._currency: str | None = None
         self.http = PsaHttp(
             dev_hosts=self._dev_hosts,
             policy=config.get("HTTP_RETRY_POLICY") or RetryPolicy(),
@@ -394,6 +398,40 @@ class AutotaskClient(PsaClient):
         ]
         return sorted(items, key=lambda item: item.name.lower())
 
+    def product_prices(self, product_ids: Sequence[str]) -> dict[str, Line]:
+        ids = [_int_id(p, "service") for p in product_ids]
+        rows = self._query("Services", [{"op": "in", "field": "id", "value": ids}], ["unitPrice", "unitCost"]) \
+            if ids else []
+        return {str(r["id"]): Line("", str(r["id"]), "", None, unit_price=money(r.get("unitPrice")),
+                                   unit_cost=money(r.get("unitCost")), currency=self.tenant_currency()) for r in rows}
+
+    @staticmethod
+    def _internal_price(contract_service: dict[str, Any]) -> float | None:
+        """The unit price in the tenant's internal currency: with Multi-currency `unitPrice` is the
+        customer's currency and `internalCurrencyUnitPrice` the internal one (ContractServices doc)."""
+        internal = money(contract_service.get("internalCurrencyUnitPrice"))
+        return internal if internal is not None else money(contract_service.get("unitPrice"))
+
+    def tenant_currency(self) -> str:
+        """The tenant's internal currency code (Currencies.isInternalCurrency), read once per client and
+        cached with the zone; "" when the API user may not read it (money then shows no currency)."""
+        if self._currency is None:
+            key = self._zone_cache_key() + ":currency"
+            cached = self._redis.get(key) if self._redis is not None else None
+            if cached is not None:
+                self._currency = cached.decode() if isinstance(cached, bytes) else str(cached)
+                return self._currency
+            try:
+                rows = self._query("Currencies", [{"op": "eq", "field": "isInternalCurrency", "value": True}],
+                                   ["name"], limit=1)
+            except (NotFound, PermissionDenied, ValidationFailed) as error:
+                log.info("Autotask currencies are not readable (%s); amounts show no currency", error)
+                rows = []
+            self._currency = str(rows[0].get("name") or "")[:10] if rows else ""
+            if self._redis is not None:
+                self._redis.set(key, self._currency, ex=ZONE_CACHE_SECONDS)
+        return self._currency
+
     @staticmethod
     def _service_detail(row: dict[str, Any]) -> str:
         parts = [row.get("sku") or row.get("externalID") or ""]
@@ -482,7 +520,7 @@ class AutotaskClient(PsaClient):
         for chunk in _chunks(ids, IN_CHUNK):
             services = self._query(
                 "ContractServices", [{"op": "in", "field": "contractID", "value": list(chunk)}],
-                ["contractID", "serviceID", "invoiceDescription"],
+                ["contractID", "serviceID", "invoiceDescription", "unitPrice", "internalCurrencyUnitPrice", "unitCost"],
             )
             units = self._period_units(chunk, on)
             for cs in sorted(services, key=lambda row: row["id"]):
@@ -494,6 +532,8 @@ class AutotaskClient(PsaClient):
                     line_id=str(cs["id"]),
                     quantity=float(row.get("units") or 0) if row else 0.0,
                     description=cs.get("invoiceDescription") or "",
+                    unit_price=self._internal_price(cs), unit_cost=money(cs.get("unitCost")),
+                    currency=self.tenant_currency(),
                 ))
         return result
 
@@ -549,9 +589,7 @@ class AutotaskClient(PsaClient):
         if delta == 0:
             return WriteResult(line=current, action="unchanged", response="units already match")
         item_id = self._adjust(contract_id, service_id, delta, options.effective_date)
-        line = Line(
-            current.agreement_id, current.product_id, current.line_id, float(units + delta), current.description,
-        )
+        line = replace(current, quantity=float(units + delta))
         return WriteResult(
             line=line, action="adjusted",
             response=f"ContractServiceAdjustment {item_id}: {delta:+d} units from {options.effective_date.isoformat()}",

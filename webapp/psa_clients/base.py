@@ -8,6 +8,7 @@ typed exceptions that carry the PSA's message, the HTTP status and a hint an adm
 from __future__ import annotations
 
 import abc
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,9 @@ class ComputedLine(Line):
 
     reason: str = ""
     hint: str = ""
+def money(value: Any) -> float | None:
+    """A unit price or cost as a PSA's JSON gives it (a number), or None when it is absent or not a number."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True)
@@ -80,11 +84,22 @@ class WriteResult:
 
 @dataclass(frozen=True)
 class QuantityChange:
-    """One line of a batched write: bill `target` for `product_id`; `current` as just read (None: create)."""
+    """One line of a batched write: bill `target` for `product_id`; `current` as just read (None: create).
+
+    `effective_date`, when set, replaces the options' date for this line only (a decrease deferred to
+    the next billing period); `current` then holds the quantity billed from that date.
+    """
 
     product_id: str
     target: int
     current: Line | None
+    effective_date: dt.date | None = None
+
+    def options(self, options: WriteOptions) -> WriteOptions:
+        """The write options of this line: the integration's, with this line's effective date."""
+        if self.effective_date is None or self.effective_date == options.effective_date:
+            return options
+        return dataclasses.replace(options, effective_date=self.effective_date)
 
 
 @dataclass
@@ -184,6 +199,9 @@ class PsaClient(abc.ABC):
     hourly_per_endpoint: ClassVar[bool] = False  # True: the hourly budget counts per endpoint, not per tenant
     minute_limit: ClassVar[int | None] = None  # requests per minute per tenant (HaloPSA)
     quantity_readable: ClassVar[bool] = True  # False: read_lines returns lines with quantity None
+    # True: a line read on a later date can show a quantity scheduled from then (Autotask units per
+    # period), so a decrease deferred to the next period is seen only by reading that period.
+    dated_reads: ClassVar[bool] = False
     credential_fields: ClassVar[tuple[CredentialField, ...]]
     host_hint: ClassVar[str] = ""  # set: normalize_credentials cleans the host field (see there)
 
@@ -270,6 +288,17 @@ class PsaClient(abc.ABC):
         happened is seen in `current` and the second call writes nothing or only what is missing.
         """
 
+    def product_prices(self, product_ids: Sequence[str]) -> dict[str, Line]:
+        """The catalog unit price and cost of these products/services, as lines without a quantity
+        (`Line.unit_price/unit_cost`), for pricing a line that is still to be created. One read; {} when
+        the PSA gives none (the money of new lines is then unknown)."""
+        return {}
+
+    def dates_changes(self, options: WriteOptions) -> bool:
+        """Whether the write carries an effective date the PSA bills from (so a decrease can be
+        deferred to the next billing period). ConnectWise only when history is kept."""
+        return True
+
     def set_quantities(
         self,
         agreement_id: str,
@@ -288,7 +317,7 @@ class PsaClient(abc.ABC):
         for change in changes:
             try:
                 results.append(self.set_quantity(agreement_id, change.product_id, change.target,
-                                                 current=change.current, options=options))
+                                                 current=change.current, options=change.options(options)))
             except CredentialsRejected:
                 raise
             except PsaError as error:

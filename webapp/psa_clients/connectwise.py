@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -36,6 +37,7 @@ from .base import (
     ValidationFailed,
     WriteOptions,
     WriteResult,
+    money,
 )
 from .http import DEFAULT_TIMEOUT, PsaHttp, base_url_for, limiter_for
 
@@ -455,6 +457,15 @@ class ConnectWiseClient(PsaClient):
             for r in rows if not r.get("inactiveFlag")
         ]
 
+    def product_prices(self, product_ids: Sequence[str]) -> dict[str, Line]:
+        ids = _int_ids(product_ids, "product")
+        if not ids:
+            return {}
+        rows = self._get_all("/procurement/catalog", endpoint="procurement/catalog", params={
+            "conditions": f"id in ({','.join(map(str, ids))})", "fields": "id,price,cost"})
+        return {str(r["id"]): Line("", str(r["id"]), "", None, unit_price=money(r.get("price")),
+                                   unit_cost=money(r.get("cost"))) for r in rows}
+
     def company_scope_options(self) -> dict[str, list[PsaItem]]:
         types = self._get_all("/company/companies/types", endpoint="company/companies/types",
                               params={"orderBy": "name asc"})
@@ -585,7 +596,14 @@ class ConnectWiseClient(PsaClient):
             line_id=str(raw["id"]),
             quantity=float(raw.get("quantity") or 0),
             description=str(product.get("identifier") or raw.get("description") or ""),
+            unit_price=money(raw.get("unitPrice")),
+            unit_cost=money(raw.get("unitCost")),
         )
+
+    def dates_changes(self, options: WriteOptions) -> bool:
+        # Only a kept-history write carries a date (the successor's effectiveDate); an in-place PATCH
+        # of the quantity bills from whenever the agreement is next invoiced.
+        return options.keep_history
 
     def set_quantity(self, agreement_id: str, product_id: str, target: int, *, current: Line | None,
                      options: WriteOptions) -> WriteResult:
@@ -612,7 +630,8 @@ class ConnectWiseClient(PsaClient):
         updated = self._patch(additions, current.line_id, [{"op": "replace", "path": "quantity", "value": target}])
         line = self._line(str(agreement), updated)
         if not updated.get("product"):
-            line = Line(line.agreement_id, current.product_id, line.line_id, line.quantity, current.description)
+            line = replace(line, product_id=current.product_id, description=current.description,
+                           unit_price=current.unit_price, unit_cost=current.unit_cost)
         return WriteResult(line, "updated", f"addition {line.line_id} quantity {current.quantity:g} → {target}")
 
     def _replace(self, additions: str, product: int, target: int, current: Line, raw: dict[str, Any],
@@ -659,7 +678,7 @@ class ConnectWiseClient(PsaClient):
         agreement_id = additions.split("/")[3]
         line = self._line(agreement_id, raw)
         if not line.product_id:
-            line = Line(line.agreement_id, str(product), line.line_id, line.quantity, line.description)
+            line = replace(line, product_id=str(product))
         return line
 
 

@@ -48,6 +48,7 @@ from .base import (
     WriteOptions,
     WriteResult,
     int_ids,
+    money,
 )
 from .http import DEFAULT_TIMEOUT, PsaHttp, RetryPolicy, base_url_for, limiter_for, normalize_host
 from .tokens import BearerToken, SharedTokens
@@ -164,8 +165,6 @@ class ContractServiceLine(Line):
     """
 
     service_name: str = ""
-    unit_cost: float | None = None
-    unit_price: float | None = None
     effective_date: str = ""
 
 
@@ -415,6 +414,12 @@ class KaseyaBmsClient(BatchWritingClient):
             self._catalog_at = time.monotonic()
         return self._catalog
 
+    def product_prices(self, product_ids: Sequence[str]) -> dict[str, Line]:
+        wanted = {str(p) for p in product_ids}
+        return {str(sid): Line("", str(sid), "", None, unit_price=money(_ci(s, "UnitPrice")),
+                               unit_cost=money(_ci(s, "UnitCost")))
+                for sid, s in self._catalog_by_id().items() if str(sid) in wanted}
+
     def list_products(self, search: str = "") -> list[PsaItem]:
         rows = self._services(search.strip())
         if not search.strip():
@@ -567,8 +572,8 @@ class KaseyaBmsClient(BatchWritingClient):
             quantity=None,  # not in the API's answer (notes §3.2)
             description=str(_ci(row, "ServiceDescription") or ""),
             service_name=str(_ci(row, "ServiceName") or ""),
-            unit_cost=_ci(row, "UnitCost"),
-            unit_price=_ci(row, "UnitPrice"),
+            unit_cost=money(_ci(row, "UnitCost")),
+            unit_price=money(_ci(row, "UnitPrice")),
             effective_date=str(_ci(row, "EffectiveDate") or ""),
         )
 
@@ -591,19 +596,22 @@ class KaseyaBmsClient(BatchWritingClient):
                 results[index] = error
                 continue
             sending.append((index, service_id, fields))
-        if sending:
-            entries = [(service_id, int(changes[index].target), fields) for index, service_id, fields in sending]
+        by_date: dict[dt.date, list[tuple[int, int, dict]]] = {}  # one request per effective date
+        for item in sending:
+            by_date.setdefault(changes[item[0]].options(options).effective_date, []).append(item)
+        for effective, group in by_date.items():
+            entries = [(service_id, int(changes[index].target), fields) for index, service_id, fields in group]
             try:
-                rows = self._post_units(contract_id, entries, options.effective_date)
+                rows = self._post_units(contract_id, entries, effective)
             except CredentialsRejected:
                 raise
             except PsaError as error:
-                for index, _, _ in sending:
+                for index, _, _ in group:
                     results[index] = error
             else:
-                for index, service_id, fields in sending:
+                for index, service_id, fields in group:
                     results[index] = self._written(contract_id, service_id, changes[index], fields,
-                                                   rows.get(service_id, {}), options.effective_date)
+                                                   rows.get(service_id, {}), effective)
         return results
 
     def _line_fields(self, contract_id: int, change: QuantityChange) -> tuple[int, dict]:
@@ -638,7 +646,8 @@ class KaseyaBmsClient(BatchWritingClient):
             quantity=float(units) if units is not None else float(target),
             description=str(_ci(row, "Description") or fields["ServiceDescription"] or ""),
             service_name=str(_ci(row, "ServiceName") or fields["ServiceName"] or ""),
-            unit_cost=_ci(row, "UnitCost", fields["UnitCost"]), unit_price=_ci(row, "UnitPrice", fields["UnitPrice"]),
+            unit_cost=money(_ci(row, "UnitCost", fields["UnitCost"])),
+            unit_price=money(_ci(row, "UnitPrice", fields["UnitPrice"])),
             effective_date=str(_ci(row, "EffectiveDate") or ""),
         )
         line_id = after.line_id or "(new)"

@@ -116,11 +116,13 @@ def start_sync(
     return run
 
 
+from .money import run_money  # noqa: E402
+from .plan import QuantityRule  # noqa: E402
 from .review import review_changes  # noqa: E402
-from .state import verification_summary  # noqa: E402
+from .state import WRITTEN, verification_summary  # noqa: E402
 
 __all__ = ["SyncUnavailable", "start_sync", "unavailable_reason", "syncable_mappings_query", "review_changes",
-           "verification_summary",
+           "verification_summary", "run_money", "QuantityRule", "WRITTEN",
            "BUSY", "ACTIVE_RUN", "NEEDING_ATTENTION", "CompanyStatus", "LineAction", "RunState", "Verification",
            "mapping_edited", "shown_status"]
 

@@ -131,17 +131,23 @@ class Pusher:
         self.client = client or client_for(integration)
         self.on = planning.billed_month_start(utcnow(), org_zone().key)
         self.write_options = WriteOptions(effective_date=self.on, keep_history=bool(integration.option("keep_history")))
+        # §4b: decreases bill from the next period, where the write carries a date the PSA bills from.
+        defer = integration.option("decreases_from") == "next_period" and self.client.dates_changes(self.write_options)
+        self.next_period = planning.next_period_start(self.on) if defer else None
+        self.later: dict[str, dict[str, float]] = {}  # per agreement: quantities billed from the next period
+        self.catalog: dict[str, Line] | None = None  # catalog prices, read once when a line is to be created
         self.decreases_need_approval = bool(integration.option("decreases_need_approval"))
         self.create_missing = bool(integration.option("create_missing_lines"))
         self.retry_seconds = float(current_app.config.get("SYNC_RETRY_SECONDS", 900))
         self.recorder = Recorder(self.run_id, self.integration_id, self.on,
                                  quantity_readable=self.client.quantity_readable)
-        self.product_maps = db.session.execute(
-            select(ProductMapping.product_id, ProductMapping.psa_product_id, Product.name)
+        self.product_maps = [(row.product_id, row.psa_product_id, row.name, planning.QuantityRule.of(row))
+                             for row in db.session.execute(
+            select(ProductMapping.product_id, ProductMapping.psa_product_id, Product.name, ProductMapping.included,
+                   ProductMapping.minimum, ProductMapping.maximum, ProductMapping.extra)
             .join(Product, Product.id == ProductMapping.product_id)
-            .where(ProductMapping.integration_id == integration.id)
-        ).all()
-        self.psa_product_ids = sorted({row.psa_product_id for row in self.product_maps})
+            .where(ProductMapping.integration_id == integration.id))]
+        self.psa_product_ids = sorted({row[1] for row in self.product_maps})
         self.stop = threading.Event()
         self.in_flight: dict[Future, tuple[Company, list[tuple[Change, object]]]] = {}
         self.finished: list[CompanyRecord] = []
@@ -159,7 +165,7 @@ class Pusher:
             select(CompanyMapping.id, CompanyMapping.integration_id, CompanyMapping.company_id,
                    CompanyMapping.agreement_id).where(CompanyMapping.id.in_(mapping_ids)).order_by(CompanyMapping.id))]
         counts = target_counts(self.month, company_ids=sorted({r.company_id for r in refs}))
-        mapped = {pid for pid, _, _ in self.product_maps}
+        mapped = {row[0] for row in self.product_maps}
         unmapped_ids = {pid for (_, pid), n in counts.items() if n and pid not in mapped}
         names = dict(db.session.execute(select(Product.id, Product.name).where(Product.id.in_(unmapped_ids))).all()) \
             if unmapped_ids else {}
@@ -204,7 +210,7 @@ class Pusher:
     def approve_only(self, company: Company, rows: list[LineResult]) -> None:
         """An approval pass: push exactly the approved targets; this run's other rows stay as they are."""
         company.approved = {(row.agreement_id, row.psa_product_id): row for row in rows}
-        company.spans = targets_by_agreement(rows, lambda row: int(row.target or 0))
+        company.spans = targets_by_agreement(rows, lambda row: int(row.target or 0), with_rule=True)
         company.unmapped = []
         company.kept = record.kept_lines(self.run_id, company.ref.id, [row.id for row in rows])
 
@@ -269,7 +275,8 @@ class Pusher:
                     by_agreement.setdefault(change.agreement_id, []).append((change, intent))
                 company.sending, company.transient = len(by_agreement), None
                 for agreement_id, group in by_agreement.items():
-                    batch = [QuantityChange(ch.psa_product_id, int(ch.target), ch.line) for ch, _ in group]
+                    batch = [QuantityChange(ch.psa_product_id, int(ch.target), ch.write_line, ch.effective_from)
+                             for ch, _ in group]
                     self.in_flight[pool.submit(self.send, agreement_id, batch)] = (company, group)
                 if not writes:
                     self.done(company)
@@ -282,7 +289,7 @@ class Pusher:
     def read(self, due: list[Company]) -> tuple[dict[str, list[Line]], list[Company]]:
         """One batched read of the due companies' lines; (lines, companies to try again later)."""
         try:
-            return self.client.read_lines([a for c in due for a in c.spans], self.on, self.psa_product_ids), []
+            return self.read_lines([a for c in due for a in c.spans]), []
         except CredentialsRejected as error:
             self.reject(error)
         except TransientError as error:
@@ -293,13 +300,23 @@ class Pusher:
         lines, retry = {}, []
         for company in due:
             try:
-                lines.update(self.client.read_lines(list(company.spans), self.on, self.psa_product_ids))
+                lines.update(self.read_lines(list(company.spans)))
             except CredentialsRejected as error:
                 self.reject(error)
             except PsaError as error:
                 if self.failed(company, None, error):
                     retry.append(company)
         return lines, retry
+
+    def read_lines(self, agreement_ids: list[str]) -> dict[str, list[Line]]:
+        """The lines as billed now; where decreases are deferred and the PSA reads per date, also what
+        each line bills from the next period (kept in `self.later`)."""
+        lines = self.client.read_lines(agreement_ids, self.on, self.psa_product_ids)
+        if self.next_period is not None and self.client.dated_reads:
+            for agreement_id, later in self.client.read_lines(agreement_ids, self.next_period,
+                                                              self.psa_product_ids).items():
+                self.later[agreement_id] = {ln.product_id: ln.quantity for ln in later if ln.quantity is not None}
+        return lines
 
     def plan(self, company: Company, lines: dict[str, list[Line]]) -> list[tuple[Change, object]]:
         """Settle what needs no write; return (change, intent) of the writes, intents prepared."""
@@ -308,6 +325,8 @@ class Pusher:
         try:
             writes = []
             for change in self.changes(company, lines):
+                if change.kind == planning.CREATE:
+                    change.catalog = self.catalog_prices().get(change.psa_product_id)
                 key = line_key(change)
                 if key in company.settled:
                     continue
@@ -333,12 +352,24 @@ class Pusher:
             own = agreement_id == company.ref.agreement_id
             for change in planning.plan_agreement(
                     targets, lines[agreement_id], create_missing_lines=create_missing,
-                    last_written=company.last_written.get(agreement_id, {}), unmapped=company.unmapped if own else ()):
+                    last_written=company.last_written.get(agreement_id, {}), unmapped=company.unmapped if own else (),
+                    later=self.later.pop(agreement_id, None), next_period_start=self.next_period):
                 change.agreement_id = agreement_id if change.psa_product_id else company.ref.agreement_id
                 if line_key(change) in company.notes and change.writes:
                     change.message = company.notes[line_key(change)]
                 out.append(change)
         return out
+
+    def catalog_prices(self) -> dict[str, Line]:
+        """The mapped products' catalog prices (one read per job, on the first line to create); none on failure:
+        the money of new lines is then unknown, the push goes on."""
+        if self.catalog is None:
+            try:
+                self.catalog = self.client.product_prices(self.psa_product_ids)
+            except PsaError as error:
+                log.info("reading catalog prices failed (%s); new lines are priced unknown", error)
+                self.catalog = {}
+        return self.catalog
 
     def decide(self, company: Company, change: Change) -> LineResult | None:
         """The line's result when nothing is to be written now; None when it must be written."""
@@ -350,9 +381,9 @@ class Pusher:
             return self.recorder.result(mapping, change, action=LineAction.NEEDS_ATTENTION, hint=hint)
         if change.kind == planning.NONE:
             intent = self.intents.pop((change.agreement_id, change.psa_product_id), None)
-            if intent is not None and change.target is not None and change.before == change.target:
+            if intent is not None and change.target is not None and change.basis == change.target:
                 return self.recorder.completed(mapping, change, intent)
-            return self.recorder.result(mapping, change, action=LineAction.NONE, after=change.before)
+            return self.recorder.result(mapping, change, action=LineAction.NONE, after=change.basis)
         if company.expected is not None and not self.overwrite_changed:
             drift = changed_since(company.expected.get(line_key(change)), change, self.reverts)
             if drift:
@@ -466,7 +497,8 @@ class Pusher:
         refs = list(self.to_verify)
         agreements = sorted({agreement for rows in self.to_verify.values() for _, agreement, _, _ in rows})
         try:
-            lines = self.client.read_lines(agreements, self.on, self.psa_product_ids)
+            # From the next period every write shows (a deferred decrease only then; one made now too).
+            lines = self.client.read_lines(agreements, self.next_period or self.on, self.psa_product_ids)
         except PsaError as error:
             log.warning("reading back %d companies failed (%s); their lines stay unverified", len(refs), error)
             return
@@ -511,12 +543,14 @@ def line_key(change: Change) -> Key:
     return (change.agreement_id, change.psa_product_id or f"unmapped:{change.product_id}")
 
 
-def targets_by_agreement(rows: list[LineResult], target: Callable[[LineResult], int]):
-    """Agreement → targets of recorded lines (an approval's, or a reverted run's)."""
+def targets_by_agreement(rows: list[LineResult], target: Callable[[LineResult], int], *, with_rule: bool = False):
+    """Agreement → targets of recorded lines (an approval's, with the count and rule it was planned from;
+    or a reverted run's)."""
     spans: dict[str, list[planning.ProductTarget]] = {}
     for row in rows:
         spans.setdefault(row.agreement_id, []).append(planning.ProductTarget(
-            row.psa_product_id, target(row), (row.product_id,) if row.product_id else ()))
+            row.psa_product_id, target(row), (row.product_id,) if row.product_id else (),
+            **({"count": row.count, "rule": row.rule} if with_rule else {})))
     return spans
 
 

@@ -23,6 +23,8 @@ from . import state
 from .plan import Change
 from .state import CompanyStatus, LineAction, Verification
 
+# Line actions whose money change is recorded: what was written, or waits for (or got) approval.
+COSTED = frozenset((*state.WRITTEN, *state.UNDECIDED))
 Written = tuple[int, str, str, int]  # a written line to read back: (line result id, agreement, PSA product, target)
 
 
@@ -83,7 +85,7 @@ class Recorder:
             db.session.add(intent)
             self.known_intents[key] = intent
         intent.target = int(change.target)
-        intent.delta = (change.target - change.before) if change.before is not None else None
+        intent.delta = (change.target - change.basis) if change.basis is not None else None
         intent.state, intent.run_id, intent.completed_at = "pending", self.run_id, None
         return intent
 
@@ -102,12 +104,18 @@ class Recorder:
                     f"the PSA had {change.before:g}")
             message = f"{note}; {message}" if message else note
         values.setdefault("hint", "")
+        priced = values.pop("priced", None) or line or change.catalog
+        price_change, margin_change = change.money(priced) if values.get("action") in COSTED else (None, None)
         return LineResult(
             run_id=self.run_id, company_mapping_id=mapping.id, product_id=change.product_id,
             psa_product_id=change.psa_product_id, agreement_id=change.agreement_id or mapping.agreement_id,
             line_id=values.pop("line_id", line.line_id if line is not None else None),
             before=before, target=change.target, changed_in_psa=changed_in_psa,
-            message=message, psa_response=values.pop("psa_response", ""), **values,
+            message=message, psa_response=values.pop("psa_response", ""),
+            count=change.count, rule=change.rule, effective_from=change.effective_from,
+            unit_price=priced.unit_price if priced else None, unit_cost=priced.unit_cost if priced else None,
+            currency=priced.currency if priced else "", price_change=price_change, margin_change=margin_change,
+            **values,
         )
 
     def error_result(self, mapping: MappingRef, change: Change | None, error: PsaError) -> LineResult:
@@ -127,6 +135,8 @@ class Recorder:
         action = LineAction.NONE if written.action == "unchanged" else LineAction(written.action)
         return self.result(mapping, change, action=action, after=written.line.quantity,
                            line_id=written.line.line_id or None, psa_response=written.response[:2000],
+                           priced=change.line or (written.line if written.line.unit_price is not None
+                                                  else change.catalog),
                            verification=None if self.quantity_readable else Verification.NOT_VERIFIABLE)
 
     def completed(self, mapping: MappingRef, change: Change, intent: PushIntent) -> LineResult:

@@ -495,19 +495,22 @@ def test_lines_of_600_contracts_are_read_in_four_queries_with_the_units_of_the_b
 
     mocked.add_callback(responses.POST, BASE + "ContractServices/query", callback=services)
     mocked.add_callback(responses.POST, BASE + "ContractServiceUnits/query", callback=units)
+    mock_currency(mocked)
 
     lines = client.read_lines([*contract_ids, "1000"], ON)
 
-    calls = api_calls(mocked)
-    assert len(calls) == 4
+    calls = [c for c in api_calls(mocked) if "Currencies" not in c.request.url]
+    assert len(calls) == 4 and len(api_calls(mocked)) == 5  # + the tenant's currency, read once
     assert [len(body_of(c)["filter"][0]["value"]) for c in calls] == [500, 500, 100, 100]
     assert body_of(calls[1])["filter"][1:] == [
         {"op": "lte", "field": "startDate", "value": "2026-10-02T00:00:00"},
         {"op": "gte", "field": "endDate", "value": "2026-09-30T00:00:00"},
     ]
     assert set(lines) == set(contract_ids)
-    assert lines["1000"] == [Line("1000", "22", "6000", 12.0, "Backup"), Line("1000", "23", "9999", 0.0, "")]
-    assert lines["1599"] == [Line("1599", "22", "6599", float(1599 % 7), "Backup")]
+    usd = {"currency": "USD"}
+    assert lines["1000"] == [Line("1000", "22", "6000", 12.0, "Backup", **usd),
+                             Line("1000", "23", "9999", 0.0, "", **usd)]
+    assert lines["1599"] == [Line("1599", "22", "6599", float(1599 % 7), "Backup", **usd)]
 
 
 def test_a_changed_quantity_posts_the_delta_from_the_current_units(client, mocked):
@@ -551,3 +554,52 @@ def test_a_missing_line_for_a_deleted_service_asks_to_edit_the_product_mapping(c
     with pytest.raises(NotFound) as caught:
         client.set_quantity("11", "22", 6, current=None, options=WriteOptions(effective_date=ON))
     assert "product mapping" in caught.value.hint
+
+
+# --------------------------------------------------------------------------------------------------
+# Money (PRODUCT.md §4b)
+# --------------------------------------------------------------------------------------------------
+def mock_currency(mocked, **answer):
+    mocked.post(BASE + "Currencies/query", **(answer or {"json": page([{"id": 1, "name": "USD"}])}))
+
+
+def test_lines_carry_the_unit_price_in_the_tenants_internal_currency_and_the_cost(client, mocked):
+    mocked.post(BASE + "ContractServices/query", json=page([
+        {"id": 5, "contractID": 11, "serviceID": 22, "invoiceDescription": "", "unitPrice": 7.5, "unitCost": 3},
+        # Multi-currency: unitPrice is the customer's currency, internalCurrencyUnitPrice the tenant's.
+        {"id": 6, "contractID": 11, "serviceID": 23, "invoiceDescription": "", "unitPrice": 10,
+         "internalCurrencyUnitPrice": 11.8, "unitCost": 4}]))
+    mocked.post(BASE + "ContractServiceUnits/query", json=page([]))
+    mock_currency(mocked)
+    first, second = client.read_lines(["11"], ON)["11"]
+    assert (first.unit_price, first.unit_cost, first.currency) == (7.5, 3.0, "USD")
+    assert (second.unit_price, second.unit_cost, second.currency) == (11.8, 4.0, "USD")
+    assert {"unitPrice", "internalCurrencyUnitPrice", "unitCost"} <= set(body_of(api_calls(mocked)[0])["includeFields"])
+    currency_query = [c for c in api_calls(mocked) if "Currencies" in c.request.url]
+    assert len(currency_query) == 1
+    assert body_of(currency_query[0])["filter"] == [{"op": "eq", "field": "isInternalCurrency", "value": True}]
+
+
+def test_a_tenant_currency_the_api_user_may_not_read_leaves_money_without_a_currency(client, mocked):
+    refused = {"errors": ["The logged in Resource does not have the adequate permissions"]}
+    mock_currency(mocked, status=403, json=refused)
+    assert client.tenant_currency() == ""
+
+
+def test_catalog_prices_are_one_services_query(client, mocked):
+    mocked.post(BASE + "Services/query", json=page([{"id": 22, "unitPrice": 4, "unitCost": None}]))
+    mock_currency(mocked)
+    prices = client.product_prices(["22", "23"])
+    assert (prices["22"].unit_price, prices["22"].unit_cost, prices["22"].currency) == (4.0, None, "USD")
+    assert body_of(api_calls(mocked)[0])["filter"] == [{"op": "in", "field": "id", "value": [22, 23]}]
+
+
+def test_a_deferred_decrease_is_an_adjustment_effective_from_the_next_period(client, mocked):
+    from webapp.psa_clients.base import QuantityChange
+
+    mocked.post(BASE + "ContractServiceAdjustments", json={"itemId": 1})
+    next_period = dt.date(2026, 11, 1)
+    (result,) = client.set_quantities("11", [QuantityChange("22", 3, Line("11", "22", "33", 8), next_period)],
+                                      options=WriteOptions(effective_date=ON))
+    assert body_of(api_calls(mocked)[0])["effectiveDate"] == "2026-11-01T00:00:00"
+    assert body_of(api_calls(mocked)[0])["unitChange"] == -5 and result.line.quantity == 3

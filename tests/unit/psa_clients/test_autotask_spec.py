@@ -68,6 +68,7 @@ def recorded():
             client.read_lines(["11", "12"], options.effective_date)
             client.set_quantity("11", "22", 9, current=Line("11", "22", "33", 4), options=options)
             client.set_quantity("11", "22", 6, current=None, options=options)
+            client.product_prices(["22"])
             return [(c.request.method, c.request.url, dict(c.request.headers), c.request.body) for c in rsps.calls]
 
 

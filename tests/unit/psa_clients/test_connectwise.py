@@ -498,3 +498,25 @@ def test_secrets_never_reach_messages_reprs_or_logs(api, caplog):
         for text in (str(error.value), repr(error.value), error.value.hint, repr(client), caplog.text,
                      repr(client.__dict__)):
             assert secret not in text
+
+
+# --------------------------------------------------------------------------------------------------
+# Money and effective dates (PRODUCT.md §4b)
+# --------------------------------------------------------------------------------------------------
+def test_lines_carry_the_additions_unit_price_and_cost(api, client):
+    api.get(f"{API}/finance/agreements/7/additions", json=[addition(70, 11, 5, unitPrice=12.5, unitCost=4)])
+    (line,) = client.read_lines(["7"], dt.date(2026, 6, 1))["7"]
+    assert (line.unit_price, line.unit_cost, line.currency) == (12.5, 4.0, "")
+
+
+def test_catalog_prices_are_one_catalog_call(api, client):
+    api.get(f"{API}/procurement/catalog", json=[{"id": 11, "price": 9, "cost": 5.5}])
+    prices = client.product_prices(["11", "12"])
+    assert (prices["11"].unit_price, prices["11"].unit_cost) == (9.0, 5.5)
+    (call,) = api_calls(api)
+    assert query(call)["conditions"] == "id in (11,12)"
+
+
+def test_only_a_kept_history_write_carries_a_date_a_decrease_can_be_deferred_to(client):
+    assert client.dates_changes(WriteOptions(effective_date=dt.date(2026, 6, 1), keep_history=True))
+    assert not client.dates_changes(WriteOptions(effective_date=dt.date(2026, 6, 1)))

@@ -691,3 +691,30 @@ def test_a_shared_token_refused_by_the_psa_is_replaced_by_a_new_login(mocked, sl
     third.company_scope_options()
     assert mocked.calls[-1].request.headers["Authorization"] == "Bearer NEW.TOKEN.X"
     assert sum(c.request.url.endswith("/authenticate") for c in mocked.calls) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Money and effective dates (PRODUCT.md §4b)
+# --------------------------------------------------------------------------------------------------
+def test_catalog_prices_come_from_the_active_services_catalog(client, mocked):
+    mock_catalog(mocked, service_row(5, "Backup", price=12.0), service_row(6, "Email"))
+    prices = client.product_prices(["5", "9"])
+    assert list(prices) == ["5"] and (prices["5"].unit_price, prices["5"].unit_cost) == (12.0, 6.0)
+    assert len(api_calls(mocked)) == 1
+
+
+def test_a_decrease_deferred_to_the_next_period_is_posted_with_its_own_effective_date(client, mocked):
+    from webapp.psa_clients.base import QuantityChange
+
+    mocked.post(POST_URL, json=envelope(posted_row(42)))
+    mocked.post(POST_URL, json=envelope(posted_row(2, line_id=60, service_id=6)))
+    other = ContractServiceLine(agreement_id="1000", product_id="6", line_id="60", quantity=None,
+                                service_name="Email", unit_cost=1.0, unit_price=2.0)
+    changes = [QuantityChange("5", 42, existing_line()),
+               QuantityChange("6", 2, other, effective_date=dt.date(2026, 11, 1))]
+    now, later = client.set_quantities("1000", changes, options=OPTIONS)
+    bodies = [json.loads(c.request.body) for c in api_calls(mocked)]
+    assert [[(i["ServiceId"], i["Units"], i["EffectiveDate"]) for i in body] for body in bodies] == [
+        [(5, 42, "2026-10-01T00:00:00")], [(6, 2, "2026-11-01T00:00:00")]]
+    assert later.response == "contract service 60: Units 2 from 2026-11-01"
+    assert now.line.unit_price == 9.25
