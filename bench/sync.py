@@ -331,14 +331,16 @@ def start_workers(count: int, environ: dict) -> list[subprocess.Popen]:
             for _ in range(count)]
 
 
-def wait_until_listening(count: int, environ: dict, timeout: float = 60) -> None:
-    """Until `count` workers listen on the bench's queue: a production fleet is up before a sync starts,
-    so the clock starts then, not while the processes still import the app."""
+def wait_until_listening(workers: list[subprocess.Popen], environ: dict, timeout: float = 60) -> None:
+    """Until these worker processes listen on the bench's queue: a production fleet is up before a sync
+    starts, so the clock starts then, not while they still import the app. By pid: the registrations of
+    the previous run's killed workers linger in Redis."""
     from rq import Queue, Worker
 
     queue = Queue(environ["QUEUE_NAME"], connection=redis_lib.Redis.from_url(REDIS_URL))
+    wanted = {w.pid for w in workers}
     deadline = time.monotonic() + timeout
-    while Worker.count(queue=queue) < count and time.monotonic() < deadline:
+    while not wanted <= {w.pid for w in Worker.all(queue=queue)} and time.monotonic() < deadline:
         time.sleep(0.1)
 
 
@@ -357,7 +359,7 @@ def run_one_sync(mapped: Mapped, sim: Sim, args, environ: dict, start=None) -> O
 
     workers = start_workers(args.workers, environ)
     try:
-        wait_until_listening(args.workers, environ)
+        wait_until_listening(workers, environ)
         cpu_before = sum(cpu_seconds(w.pid) for w in workers)
         sim.state.clear_log()
         started = time.monotonic()
@@ -468,27 +470,34 @@ def bare_client_ceiling(sim: Sim, latency_ms: float, threads: int = 3, seconds: 
     return Ceiling(figures.get("average_while_busy", 0.0), sum(durations) / max(1, len(durations)))
 
 
+def describe_cost(mapped: Mapped, outcome: Outcome, reads: int, writes: int, args, ceiling: Ceiling) -> list[str]:
+    """Calls vs the minimum, wall vs the bound (at the simulator's latency and at the bare client's call
+    time), and requests in flight."""
+    minimum = max(1, reads + writes)
+    calls = len(outcome.sent)
+    bound = minimum * args.latency_ms / 1000 / mapped.concurrency
+    reachable = minimum * ceiling.call_seconds / mapped.concurrency
+    lines = [f"  PSA calls {calls} vs minimum {minimum} ({reads} reads + {writes} writes): "
+             f"{calls / minimum:.2f}× (target ≤ 1.1×)",
+             f"  wall {outcome.wall:.1f} s vs bound {bound:.1f} s ({minimum} × {args.latency_ms:g} ms ÷ "
+             f"{mapped.concurrency}): {outcome.wall / bound:.2f}× (target ≤ 1.25×)",
+             f"    with calls as long as the bare client's ({1000 * ceiling.call_seconds:.1f} ms) the bound is "
+             f"{reachable:.1f} s: {outcome.wall / reachable:.2f}×"]
+    if mapped.kind in ("kaseya_bms", "halopsa"):
+        lines.append(f"    ({mapped.client.display_name} documents no concurrency limit: the bound uses the "
+                     f"{mapped.concurrency} requests in flight SeatSync allows a PSA without one)")
+    return lines + describe_in_flight(mapped, outcome, ceiling)
+
+
 def calm_run(mapped: Mapped, sim: Sim, args, environ: dict, ceiling: Ceiling) -> list[str]:
     reads, writes = minimum_calls(mapped, sim)
-    minimum = reads + writes
     sim.state.latency_ms = args.latency_ms
     outcome = run_one_sync(mapped, sim, args, environ)
     sim.state.latency_ms = 0
     outcome.wrong, outcome.lines = wrong_lines(mapped, sim)
     calls = len(outcome.sent)
-    bound = minimum * args.latency_ms / 1000 / mapped.concurrency
     print(f"\n{mapped.kind}, calm: {describe_run(outcome)}")
-    print(f"  PSA calls {calls} vs minimum {minimum} ({reads} reads + {writes} writes): "
-          f"{calls / minimum:.2f}× (target ≤ 1.1×)")
-    print(f"  wall {outcome.wall:.1f} s vs bound {bound:.1f} s ({minimum} × {args.latency_ms:g} ms ÷ "
-          f"{mapped.concurrency}): {outcome.wall / bound:.2f}× (target ≤ 1.25×)")
-    reachable = minimum * ceiling.call_seconds / mapped.concurrency
-    print(f"    with calls as long as the bare client's ({1000 * ceiling.call_seconds:.1f} ms) the bound is "
-          f"{reachable:.1f} s: {outcome.wall / reachable:.2f}×")
-    if mapped.kind in ("kaseya_bms", "halopsa"):
-        print(f"    ({mapped.client.display_name} documents no concurrency limit: the bound uses the "
-              f"{mapped.concurrency} requests in flight SeatSync allows a PSA without one)")
-    print("\n".join(describe_in_flight(mapped, outcome, ceiling)))
+    print("\n".join(describe_cost(mapped, outcome, reads, writes, args, ceiling)))
     projected = projected_wall(mapped.kind, outcome.sent, outcome.wall)
     if projected:
         print(f"  {projected}")
@@ -526,7 +535,7 @@ def revert_minimum(mapped: Mapped, run_id: int) -> tuple[int, int]:
     return math.ceil(len(agreements) / 100) + 1 + related, len(agreements)
 
 
-def revert_phase(mapped: Mapped, sim: Sim, args, environ: dict, before: dict) -> list[str]:
+def revert_phase(mapped: Mapped, sim: Sim, args, environ: dict, before: dict, ceiling: Ceiling) -> list[str]:
     """Revert the calm run: calls vs the minimum, wall vs the bound, every line back where it was."""
     from webapp.extensions import db
     from webapp.models import SyncRun
@@ -535,7 +544,6 @@ def revert_phase(mapped: Mapped, sim: Sim, args, environ: dict, before: dict) ->
     calm = db.session.scalars(db.select(SyncRun).filter_by(integration_id=mapped.integration.id)
                               .order_by(SyncRun.id.desc())).first()
     reads, writes = revert_minimum(mapped, calm.id)
-    minimum = max(1, reads + writes)
     sim.state.latency_ms = args.latency_ms
     outcome = run_one_sync(mapped, sim, args, environ, start=lambda: start_revert(calm, user=None))
     sim.state.latency_ms = 0
@@ -546,14 +554,8 @@ def revert_phase(mapped: Mapped, sim: Sim, args, environ: dict, before: dict) ->
         outcome.wrong = [f"agreement {a} product {p}: holds {held.get((a, p), 'no line')}, held "
                          f"{before.get((a, p), 'no line')} before the calm run"
                          for a, p in targets if held.get((a, p), 0) != before.get((a, p), 0)]
-    calls = len(outcome.sent)
-    bound = minimum * args.latency_ms / 1000 / mapped.concurrency
     print(f"\n{mapped.kind}, revert of the calm run {calm.id}: {describe_run(outcome)}")
-    print(f"  PSA calls {calls} vs minimum {minimum} ({reads} reads + {writes} writes): "
-          f"{calls / minimum:.2f}× (target ≤ 1.1×)")
-    print(f"  wall {outcome.wall:.1f} s vs bound {bound:.1f} s ({minimum} × {args.latency_ms:g} ms ÷ "
-          f"{mapped.concurrency}): {outcome.wall / bound:.2f}× (target ≤ 1.25×)")
-    print("\n".join(describe_in_flight(mapped, outcome)))
+    print("\n".join(describe_cost(mapped, outcome, reads, writes, args, ceiling)))
     if mapped.kind == "kaseya_bms":
         print("  Kaseya BMS: quantities before SeatSync's first write are unknown (Units cannot be read); "
               "only lines the calm run created were set to 0, the others are reported, not guessed")
@@ -659,7 +661,7 @@ def bench_every_psa(args, state, host: str, environ: dict) -> list[str]:
         before = held_lines(mapped, sim)
         problems += calm_run(mapped, sim, args, environ, ceiling)
         if not args.no_revert:
-            problems += revert_phase(mapped, sim, args, environ, before)
+            problems += revert_phase(mapped, sim, args, environ, before, ceiling)
         if not args.no_storm:
             problems += storm_run(mapped, sim, args, environ)
     return problems
