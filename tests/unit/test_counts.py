@@ -268,3 +268,25 @@ def test_live_counts_are_stored_without_touching_the_snapshot(org, acme):
     counts.store_live_counts(dt.date(2024, 12, 1), now=now)
     rows = db.session.query(MonthlyCount).filter_by(month=dt.date(2024, 12, 1)).all()
     assert [(r.count, r.frozen) for r in rows] == [(1, True)]
+
+
+def test_late_changes_to_closed_months_are_found_once_and_remembered_until_something_changes(org, acme, login_as,
+                                                                                             monkeypatch):
+    admin = login_as("admin")
+    pm = product()
+    last_month = counts.add_months(counts.current_month(), -1)
+    start, _ = counts.month_bounds_utc(last_month)
+    seat(acme, pm, start + dt.timedelta(days=2))
+    counts.freeze_month(last_month)
+    recounts = []
+    real = counts._drifted_closed_months
+    monkeypatch.setattr(counts, "_drifted_closed_months", lambda *a: recounts.append(a) or real(*a))
+
+    assert counts.drifted_closed_months() == []
+    assert counts.drifted_closed_months() == []  # nothing changed: no second recount of every seat
+    assert len(recounts) == 1
+    seat(acme, pm, start + dt.timedelta(days=3))  # a late import adds a seat to the closed month
+    assert counts.drifted_closed_months() == [last_month]
+    assert counts.renew_closed_month_drift(counts.utcnow()) == [last_month] and len(recounts) == 2
+    counts.recompute_month(last_month, admin)
+    assert counts.drifted_closed_months() == [] and len(recounts) == 3
