@@ -248,8 +248,9 @@ return 0
 """
 
 
-def hourly_limit_for(documented: int | None, host: str, dev_hosts: frozenset[str], config) -> int | None:
-    """The hourly budget to enforce: the PSA's documented one, unless a benchmark lifted it for the simulator.
+def budget_for(documented: int | None, host: str, dev_hosts: frozenset[str], config) -> int | None:
+    """A budget to enforce (per hour or per minute): the PSA's documented one, unless a benchmark lifted the
+    budgets for the simulator.
 
     PSA_DEV_HOSTS_NO_HOURLY_LIMIT (settings) only ever applies to a host listed in PSA_DEV_HOSTS.
     """
@@ -266,8 +267,8 @@ def limiter_for(psa, redis, *, tenant_key: str, host: str, dev_hosts: frozenset[
     return RequestLimiter(
         redis,
         tenant_key=tenant_key,
-        hourly_limit=hourly_limit_for(psa.hourly_limit, host, dev_hosts, config),
-        minute_limit=hourly_limit_for(psa.minute_limit, host, dev_hosts, config),
+        hourly_limit=budget_for(psa.hourly_limit, host, dev_hosts, config),
+        minute_limit=budget_for(psa.minute_limit, host, dev_hosts, config),
         concurrency=psa.concurrency_per_endpoint,
         hourly_per_endpoint=psa.hourly_per_endpoint,
         sleep=sleep,

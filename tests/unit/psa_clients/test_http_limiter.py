@@ -190,12 +190,12 @@ def test_a_per_endpoint_hourly_budget_is_counted_per_path_template():
 
 
 def test_the_benchmark_override_lifts_hourly_budgets_only_for_the_simulator_host():
-    from webapp.psa_clients.http import hourly_limit_for
+    from webapp.psa_clients.http import budget_for
 
     lifted = {"DEV_HOSTS_NO_HOURLY_LIMIT": True}
-    assert hourly_limit_for(1500, "127.0.0.1:8099", frozenset({"127.0.0.1:8099"}), lifted) is None
-    assert hourly_limit_for(1500, "api.bms.kaseya.com", frozenset({"127.0.0.1:8099"}), lifted) == 1500
-    assert hourly_limit_for(1500, "127.0.0.1:8099", frozenset({"127.0.0.1:8099"}), {}) == 1500
+    assert budget_for(1500, "127.0.0.1:8099", frozenset({"127.0.0.1:8099"}), lifted) is None
+    assert budget_for(1500, "api.bms.kaseya.com", frozenset({"127.0.0.1:8099"}), lifted) == 1500
+    assert budget_for(1500, "127.0.0.1:8099", frozenset({"127.0.0.1:8099"}), {}) == 1500
 
 
 def test_a_per_minute_budget_makes_the_request_past_it_wait_for_the_window_to_move():
