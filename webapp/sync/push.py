@@ -25,13 +25,14 @@ on its own (one batched write per agreement); the company is recorded once all o
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from flask import current_app
 from sqlalchemy import select
@@ -67,6 +68,7 @@ UNDOCUMENTED_CONCURRENCY = 3
 FINISH_GROUP = 10  # companies recorded per transaction…
 FINISH_EVERY = 0.25  # …or at least this often (seconds), so progress moves as companies finish
 STOP_CHECK_EVERY = 0.5  # seconds between two reads of the run's stop flag
+CATALOG_PRICES_KEPT = 3600  # seconds a run's catalog prices are shared by its jobs
 BACKOFF_FIRST, BACKOFF_MAX = 2.0, 60.0  # seconds between a company's attempts within a run
 
 
@@ -361,14 +363,24 @@ class Pusher:
         return out
 
     def catalog_prices(self) -> dict[str, Line]:
-        """The mapped products' catalog prices (one read per job, on the first line to create); none on failure:
-        the money of new lines is then unknown, the push goes on."""
+        """The mapped products' catalog prices: read once per run (shared by its jobs through Redis), on the
+        first line to create; none on failure: the money of new lines is then unknown, the push goes on."""
         if self.catalog is None:
+            from ..queue import get_redis
+
+            key = f"seatsync:catalog-prices:{self.run_id}"
+            cached = get_redis().get(key)
+            if cached:
+                self.catalog = {pid: Line(**values) for pid, values in json.loads(cached).items()}
+                return self.catalog
             try:
                 self.catalog = self.client.product_prices(self.psa_product_ids)
             except PsaError as error:
                 log.info("reading catalog prices failed (%s); new lines are priced unknown", error)
                 self.catalog = {}
+                return self.catalog  # not kept: the next job of the run tries again
+            get_redis().set(key, json.dumps({pid: asdict(line) for pid, line in self.catalog.items()}),
+                            ex=CATALOG_PRICES_KEPT)
         return self.catalog
 
     def decide(self, company: Company, change: Change) -> LineResult | None:
